@@ -1,0 +1,158 @@
+"""A child process the harness owns: started in its own session, logged, always stopped.
+
+Why not a process-executor library: services here must run as an unprivileged
+user when the harness is root (PostgreSQL refuses root), must die with the
+harness even on SIGKILL (``PR_SET_PDEATHSIG``), and every failure message must
+carry the log tail. That is a few dozen lines over :mod:`subprocess`.
+
+Every process started here is registered; :func:`stop_all` (called at exit and
+from the pytest plugin's signal handlers) stops whatever is still alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+_LIVE: set[ManagedProcess] = set()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the harness dies, even by
+    # SIGKILL, the kernel kills this child, so nothing outlives the run.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux / no glibc: the atexit and signal paths still apply
+        pass
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """Return the last ``lines`` lines of a log file, or a note that it is empty."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log file at {path})"
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) if kept else f"(log {path} is empty)"
+
+
+class ManagedProcess:
+    """One child process whose output goes to a log file.
+
+    Args:
+        argv: the command line.
+        log_path: where stdout and stderr go.
+        env: the complete environment of the child.
+        cwd: working directory.
+        user: run as this user (only honoured when the harness is root).
+        stop_signal: the signal that asks the program for a clean shutdown.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+        stop_signal: int = signal.SIGTERM,
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.stop_signal = stop_signal
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            user=user if (user and os.geteuid() == 0) else None,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the harness, not this child
+            preexec_fn=_die_with_parent,
+        )
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        self._log.flush()
+        return tail(self.log_path, lines)
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """Ask politely, then SIGKILL the whole process group after ``grace_s``.
+
+        Returns the exit code (negative for a signal), or None if it never died.
+        """
+        try:
+            if self.alive():
+                self._signal_group(self.stop_signal)
+                try:
+                    self.popen.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            # Children of the leader (pool processes, postgres backends) may
+            # outlive it: the group gets SIGKILL whatever the leader did.
+            self._signal_group(signal.SIGKILL)
+            try:
+                return self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                return None
+        finally:
+            _LIVE.discard(self)
+            self._log.close()
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def wait_for(
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    while_alive: ManagedProcess | None = None,
+) -> bool:
+    """Poll ``check`` until it returns True or ``timeout_s`` passes.
+
+    Returns False on timeout, and early (False) when ``while_alive`` has exited.
+    ``check`` may raise; that counts as "not yet".
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return True
+        except Exception:  # noqa: BLE001 - "not ready yet" comes in many shapes
+            pass
+        if while_alive is not None and not while_alive.alive():
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def stop_all() -> None:
+    """Stop every process this interpreter started and has not stopped yet."""
+    for proc in list(_LIVE):
+        proc.stop(grace_s=3.0)
+
+
+atexit.register(stop_all)

@@ -1,0 +1,164 @@
+"""Run one variant of one scenario with one driver, end to end.
+
+Responsibility: the sequence stack -> fresh database -> worker -> workload ->
+database inspection -> stop -> classify, turned into one :class:`VariantRun`.
+Any harness failure on the way becomes ``HARNESS_ERROR`` with the reason and a
+log tail; it never reads as a pass.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import environment, logscan
+from harness.errors import HarnessError
+from harness.outcome import CallStatus, Outcome, TaskCounts, classify
+from harness.scenario import Expected, RunEnv, Scenario, Variant, resolve
+from harness.stack import StackPool
+from harness.worker import CeleryWorker
+
+
+@dataclass
+class VariantRun:
+    """What one variant run observed, in the shape of one results.json entry."""
+
+    scenario: Scenario
+    variant: Variant
+    driver: str
+    expected: Expected
+    outcome: Outcome
+    counts: TaskCounts = field(default_factory=TaskCounts)
+    first_error: str | None = None
+    other_errors: tuple[str, ...] = ()
+    worker_start_s: float = 0.0
+    run_s: float = 0.0
+    log_findings: dict[str, int] = field(default_factory=dict)
+    db: dict[str, Any] = field(default_factory=dict)
+    log_path: str = ""
+    reason: str = ""  # why HARNESS_ERROR or N/A
+    services: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        if self.outcome is not self.expected.outcome:
+            return False
+        if self.outcome is Outcome.REPRODUCED:
+            return bool(set(self.counts.by_signature) & set(self.expected.signatures))
+        return True
+
+    def to_result(self) -> dict[str, Any]:
+        """One entry of results.json (the field names are a contract: see DESIGN.md)."""
+        return {
+            "scenario": self.scenario.id, "variant": self.variant.name, "driver": self.driver,
+            "role": self.variant.role.value, "expected": self.expected.outcome.value,
+            "expected_signatures": list(self.expected.signatures),
+            "outcome": self.outcome.value, "passed": self.passed,
+            "tasks": self.counts.to_dict(), "first_error": self.first_error,
+            "other_errors": list(self.other_errors),
+            "worker_start_s": round(self.worker_start_s, 3), "run_s": round(self.run_s, 3),
+            "log_findings": self.log_findings, "db": self.db, "log": self.log_path,
+            "reason": self.reason, "config": dict(self.variant.config),
+            "claim": {"error": self.scenario.claim.error, "fix": self.scenario.claim.fix,
+                      "signature": self.scenario.claim.signature,
+                      "bad": self.scenario.claim.bad, "fixed": self.scenario.claim.fixed},
+        }
+
+    def failure_message(self) -> str:
+        lines = [f"{self.scenario.id} / {self.variant.name} / {self.driver}: expected "
+                 f"{self.expected.describe()}, observed {self.outcome.value} "
+                 f"{self.counts.to_dict()}"]
+        if self.expected.why:
+            lines.append(f"expectation: {self.expected.why}")
+        if self.reason:
+            lines.append(f"reason: {self.reason}")
+        if self.first_error:
+            lines.append(f"first error: {self.first_error}")
+        if self.other_errors:
+            lines.append("errors no signature knew: " + "; ".join(self.other_errors))
+        if self.log_findings:
+            lines.append(f"worker log findings: {self.log_findings}")
+        if self.log_path:
+            lines.append(f"worker log: {self.log_path}")
+        if self.outcome is not Outcome.HARNESS_ERROR:
+            lines.append("If this is a real change of behaviour (a new release), understand it, "
+                         "then update the variant's expectation and its docstring.")
+        return "\n".join(lines)
+
+
+def run_env(driver: str, pgbouncer: str | None = None) -> RunEnv:
+    return RunEnv(driver=driver, python=environment.python_tuple(),
+                  packages=environment.package_versions(), pgbouncer=pgbouncer)
+
+
+def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: StackPool,
+                logs_dir: Path, project_root: Path) -> VariantRun:
+    """Run ``variant`` of ``scenario`` with ``driver`` on a real prefork worker."""
+    spec = variant.stack or scenario.stack
+    workload = variant.workload or scenario.workload
+    log_path = logs_dir / scenario.id / f"{variant.name}-{driver}.log"
+    try:
+        stack = stacks.get(spec)
+    except HarnessError as exc:
+        expected = resolve(variant.expect, run_env(driver))
+        return VariantRun(scenario, variant, driver, expected, Outcome.HARNESS_ERROR,
+                          reason=str(exc), services=stacks.versions())
+    env = run_env(driver, stack.pgbouncer.version if stack.pgbouncer else None)
+    expected = resolve(variant.expect, env)
+    run = VariantRun(scenario, variant, driver, expected, Outcome.HARNESS_ERROR,
+                     log_path=str(log_path), services=stack.versions())
+    try:
+        with stack.fresh_database(f"{scenario.id}-{variant.name}") as dbname:
+            for statement in scenario.setup_sql:
+                stack.postgres.execute(statement, dbname)
+            settings = {
+                "scenario": scenario.id, "variant": variant.name, "driver": driver,
+                "database_url": stack.database_url(driver, dbname),
+                "broker_url": stack.redis.url(), "queue": f"harness.{uuid.uuid4().hex}",
+                "config": dict(variant.config),
+            }
+            worker = CeleryWorker(app_module=scenario.app, settings=settings, log_path=log_path,
+                                  concurrency=workload.concurrency, project_root=project_root,
+                                  extra_args=workload.worker_args)
+            with worker:
+                run.worker_start_s = worker.start_s
+                began = time.monotonic()
+                calls = worker.run(f"{scenario.app}.{workload.task}",
+                                   calls=workload.calls, timeout_s=workload.timeout_s,
+                                   kwargs=workload.kwargs)
+                run.run_s = time.monotonic() - began
+                run.db = _inspect(stack, dbname, scenario)
+                hung = any(c.status is CallStatus.HUNG for c in calls)
+                # A hung call keeps a process busy: a short grace, then SIGKILL.
+                worker.stop(grace_s=3.0 if hung else 10.0)
+            dead = stack.problems()
+            if dead:
+                run.reason = "a service died during the run: " + "; ".join(dead)
+                return run
+            result = classify(calls, scenario.signatures)
+            run.outcome, run.counts = result.outcome, result.counts
+            run.first_error, run.other_errors = result.first_error, result.other_errors
+            run.log_findings = logscan.scan(log_path.read_text(errors="replace"))
+    except HarnessError as exc:
+        run.reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. Redis refused: still a harness error
+        run.reason = f"{type(exc).__name__}: {exc}"
+        dead = stack.problems()
+        if dead:
+            run.reason += " (a service died: " + "; ".join(dead) + ")"
+    return run
+
+
+def _inspect(stack: Any, dbname: str, scenario: Scenario) -> dict[str, Any]:
+    """Sessions left in the run's database, and the scenario's own queries."""
+    found: dict[str, Any] = {}
+    rows = stack.postgres.execute(
+        "select coalesce(state, 'unknown'), count(*) from pg_stat_activity "
+        f"where datname = '{dbname}' group by 1 order by 1")
+    found["sessions"] = {state: count for state, count in rows}
+    for name, sql in scenario.inspect_sql.items():
+        found[name] = [list(row) for row in stack.postgres.execute(sql, dbname)]
+    return found

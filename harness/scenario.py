@@ -1,0 +1,238 @@
+"""The declarative types a scenario module fills in.
+
+Responsibility: the vocabulary of a scenario (stack, workload, variants,
+expectations, the article's claim). Nothing here runs anything.
+
+A scenario module reads like a spec::
+
+    SCENARIO = Scenario(
+        id="loop-bound-pool",
+        app="scenarios.apps.loop_bound_pool",
+        workload=Workload(task="query_token", calls=12, concurrency=2),
+        signatures=(sig.LOOP_CLOSED, sig.FUTURE_OTHER_LOOP),
+        claim=Claim(error="RuntimeError: loop is closed", fix="NullPool",
+                    signature="event-loop-closed", bad="default-pool", fixed="nullpool"),
+        variants=(
+            Variant("default-pool", Role.BAD, {"pool": "default"},
+                    expect=reproduces("future-other-loop")),
+            Variant("nullpool", Role.ARTICLE_FIX, {"pool": "null"}, expect=clean()),
+        ),
+    )
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from harness.outcome import Outcome
+from harness.signatures import Signature
+
+DRIVERS: tuple[str, ...] = ("asyncpg", "psycopg")
+
+
+class Role(str, enum.Enum):
+    BAD = "bad"  # the configuration that fails (the article's "before")
+    ARTICLE_FIX = "article-fix"  # the fix the article gives
+    FIX = "fix"  # a fix documented elsewhere (maintainers, docs)
+    PARTIAL_FIX = "partial-fix"  # half of a fix, or a fix that only works sometimes
+    CONTROL = "control"  # a configuration that should never fail (proves the workload)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class RunEnv:
+    """What an expectation rule may depend on."""
+
+    driver: str
+    python: tuple[int, int]
+    packages: Mapping[str, str]
+    pgbouncer: str | None = None
+
+
+@dataclass(frozen=True)
+class Expected:
+    """An expectation: an outcome word and, for REPRODUCED, the signatures allowed."""
+
+    outcome: Outcome
+    signatures: tuple[str, ...] = ()
+    why: str = ""
+
+    def describe(self) -> str:
+        if self.outcome is Outcome.REPRODUCED:
+            return f"REPRODUCED ({' or '.join(self.signatures)})"
+        return self.outcome.value
+
+
+Rule = Callable[[RunEnv], Expected]
+Expectation = Union[Expected, Rule, Mapping[str, Union[Expected, Rule]]]
+
+
+def reproduces(*signature_names: str, why: str = "") -> Expected:
+    """The variant must fail with at least one of these signatures."""
+    if not signature_names:
+        raise ValueError("reproduces() needs at least one signature name")
+    return Expected(Outcome.REPRODUCED, tuple(signature_names), why)
+
+
+def clean(why: str = "") -> Expected:
+    """Every call must return its expected value."""
+    return Expected(Outcome.CLEAN, (), why)
+
+
+def other_failure(why: str) -> Expected:
+    """Calls fail in a way no signature names (say why: this is rarely the goal)."""
+    return Expected(Outcome.OTHER_FAILURE, (), why)
+
+
+def when(condition: Callable[[RunEnv], bool], then: Expected, otherwise: Expected,
+         why: str) -> Rule:
+    """An expectation that depends on the environment, with the reason beside it."""
+    def rule(env: RunEnv) -> Expected:
+        chosen = then if condition(env) else otherwise
+        return Expected(chosen.outcome, chosen.signatures, why)
+    rule.__doc__ = why
+    return rule
+
+
+def resolve(expectation: Expectation, env: RunEnv) -> Expected:
+    """The concrete expectation of one variant run in ``env``."""
+    if isinstance(expectation, Mapping):
+        expectation = expectation[env.driver]
+    if isinstance(expectation, Expected):
+        return expectation
+    return expectation(env)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """Which services a scenario needs and how they are set up."""
+
+    pgbouncer: bool = False  # do the scenario's URLs go through PgBouncer?
+    max_connections: int = 100
+    pgbouncer_pool_size: int = 20
+    max_prepared_statements: int | None = None  # needs PgBouncer >= 1.21
+
+    @property
+    def key(self) -> str:
+        return (f"pgb{int(self.pgbouncer)}-mc{self.max_connections}-ps{self.pgbouncer_pool_size}"
+                f"-mps{self.max_prepared_statements}")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The calls every variant of a scenario receives.
+
+    Each call carries a unique token; by default the task must return it
+    unchanged, so a task that answers with another call's value is WRONG.
+
+    Args:
+        task: the task's name as registered in the scenario's app.
+        calls: how many calls to send.
+        concurrency: prefork worker processes.
+        timeout_s: bound on the whole batch; calls not done by then are hung.
+        kwargs: keyword arguments added to every call.
+        worker_args: extra command-line arguments for ``celery worker``.
+    """
+
+    task: str
+    calls: int = 12
+    concurrency: int = 2
+    timeout_s: float = 30.0
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    worker_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the article says, quoted, and which variants test it.
+
+    Args:
+        error: the error text the article quotes for the bad configuration.
+        fix: the fix the article gives, quoted or closely paraphrased.
+        signature: our signature for the article's error, or None if it names
+            an error no signature here describes.
+        bad: the variant that applies the bad configuration.
+        fixed: the variant that applies the article's fix.
+    """
+
+    error: str
+    fix: str
+    signature: str | None
+    bad: str
+    fixed: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a scenario. Pure data: the worker reads ``config``.
+
+    Args:
+        name: short id, shown in test ids and the matrix.
+        role: bad, article-fix, fix, partial-fix or control.
+        config: the knobs the scenario's app reads (JSON-serialisable).
+        expect: the observed behaviour, per driver if it differs.
+        not_for: drivers for which this variant does not exist, with the reason.
+        stack: a different stack than the scenario's (for example through PgBouncer).
+        workload: a different workload (only when the condition under test needs it).
+        requires: a check of the environment; returns a reason string when the
+            variant cannot run here (shown as n/a), or None.
+    """
+
+    name: str
+    role: Role
+    config: Mapping[str, Any]
+    expect: Expectation
+    not_for: Mapping[str, str] = field(default_factory=dict)
+    stack: StackSpec | None = None
+    workload: Workload | None = None
+    requires: Callable[[RunEnv], str | None] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One failure family: a stack, a workload and its variants.
+
+    Args:
+        id: kebab-case id, as in the catalogue.
+        app: import path of the Celery app module the worker runs.
+        workload: the calls every variant receives.
+        signatures: the failures this scenario looks for, in matching order.
+        claim: the article's claim.
+        variants: configurations to run.
+        stack: the services and their settings.
+        drivers: the drivers to run every variant with.
+        setup_sql: statements run on each variant's fresh database before the worker starts.
+        inspect_sql: named queries run on that database after the calls, before the
+            worker stops; their rows are kept in the result (``db``).
+    """
+
+    id: str
+    app: str
+    workload: Workload
+    signatures: tuple[Signature, ...]
+    claim: Claim
+    variants: tuple[Variant, ...]
+    stack: StackSpec = field(default_factory=StackSpec)
+    drivers: tuple[str, ...] = DRIVERS
+    setup_sql: tuple[str, ...] = ()
+    inspect_sql: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scenario {self.id}: variant names repeat: {names}")
+        for name in (self.claim.bad, self.claim.fixed):
+            if name not in names:
+                raise ValueError(f"scenario {self.id}: claim names unknown variant {name!r}")
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)

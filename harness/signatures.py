@@ -1,0 +1,187 @@
+"""Named error signatures: how the harness recognises a documented failure.
+
+Responsibility: decide whether one failed task's error is a known failure.
+
+A task's error arrives as an :class:`ErrorRecord`: the raised exception and every
+exception chained to it (``__cause__``, ``__context__``, SQLAlchemy's ``.orig``
+and the driver's ``driver_exception``), each with its class hierarchy. A
+:class:`Signature` matches on stable keys first (the exception class, anywhere
+in its MRO; SQLAlchemy's error code; SQLSTATE) and on message text last, with a
+narrow pattern, because SQLAlchemy and driver wording changes between releases.
+
+Class names are written in their public form: ``asyncpg.exceptions.InterfaceError``
+also matches ``asyncpg.exceptions._base.InterfaceError`` (private module parts
+are dropped when a record is built).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ExceptionInfo:
+    """One exception of a chain, reduced to what matching needs."""
+
+    type: str  # public dotted name of the class
+    bases: tuple[str, ...]  # public dotted names of the class and all its bases (MRO)
+    message: str
+    sa_code: str | None = None
+    sqlstate: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExceptionInfo:
+        return cls(type=data["type"], bases=tuple(data.get("bases") or (data["type"],)),
+                   message=data.get("message", ""), sa_code=data.get("sa_code"),
+                   sqlstate=data.get("sqlstate"))
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A failed task's error: the raised exception first, then what it wraps."""
+
+    chain: tuple[ExceptionInfo, ...]
+    traceback: str = ""
+
+    @property
+    def headline(self) -> str:
+        """``Type: message`` of the raised exception, one line."""
+        if not self.chain:
+            return "(no exception recorded)"
+        top = self.chain[0]
+        return f"{top.type}: {top.message}".splitlines()[0][:500]
+
+    def describe(self) -> str:
+        """Every exception of the chain, one per line: what a user reads in a report."""
+        return " <- ".join(f"{e.type}: {e.message}".splitlines()[0][:300] for e in self.chain)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorRecord:
+        return cls(chain=tuple(ExceptionInfo.from_dict(e) for e in data.get("chain", ())),
+                   traceback=data.get("traceback", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain": [e.__dict__ | {"bases": list(e.bases)} for e in self.chain],
+                "traceback": self.traceback}
+
+
+def public_name(module: str, qualname: str) -> str:
+    """``asyncpg.exceptions._base`` + ``InterfaceError`` -> ``asyncpg.exceptions.InterfaceError``."""
+    parts = [p for p in module.split(".") if not p.startswith("_")]
+    if module == "builtins":
+        return qualname
+    return ".".join([*parts, qualname])
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A documented failure, recognised by class first and message last.
+
+    Args:
+        name: stable short key, used in results and the matrix.
+        exception: public dotted class name; subclasses match too.
+        message: regular expression searched in that exception's message (optional).
+        sa_code: SQLAlchemy error code of the raised exception (optional).
+        sqlstate: PostgreSQL SQLSTATE of the same exception (optional).
+        description: one sentence for reports.
+    """
+
+    name: str
+    exception: str
+    message: str | None = None
+    sa_code: str | None = None
+    sqlstate: str | None = None
+    description: str = ""
+    _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.message is not None:
+            object.__setattr__(self, "_pattern", re.compile(self.message))
+
+    def matches(self, record: ErrorRecord) -> bool:
+        codes_ok = self.sa_code is None or any(e.sa_code == self.sa_code for e in record.chain)
+        return codes_ok and any(self._matches_one(e) for e in record.chain)
+
+    def _matches_one(self, info: ExceptionInfo) -> bool:
+        if self.exception not in info.bases:
+            return False
+        if self.sqlstate is not None and info.sqlstate != self.sqlstate:
+            return False
+        return self._pattern is None or bool(self._pattern.search(info.message))
+
+
+def first_match(record: ErrorRecord, signatures: Iterable[Signature]) -> Signature | None:
+    """The first signature (in the scenario's order) that recognises ``record``."""
+    return next((s for s in signatures if s.matches(record)), None)
+
+
+# --- the catalogue -------------------------------------------------------------------
+# Each entry is a failure seen on real processes by at least one scenario. The
+# completeness test in tests/ checks that every signature a scenario names is here.
+
+LOOP_CLOSED = Signature(
+    "event-loop-closed", "RuntimeError", r"Event loop is closed",
+    description="An object bound to an earlier asyncio.run() loop is used after that loop closed.")
+FUTURE_OTHER_LOOP = Signature(
+    "future-other-loop", "RuntimeError", r"attached to a different loop|is bound to a different event loop",
+    description="A future or task created on one event loop is awaited on another.")
+ASYNCPG_ANOTHER_OPERATION = Signature(
+    "asyncpg-another-operation", "asyncpg.exceptions.InterfaceError",
+    r"another operation is in progress",
+    description="asyncpg's connection believes another coroutine is using it.")
+ASYNCPG_CONNECTION_CLOSED = Signature(
+    "asyncpg-connection-closed", "asyncpg.exceptions.InterfaceError", r"connection is closed",
+    description="asyncpg refuses to use a connection it has marked closed.")
+PSYCOPG_CONNECTION_CLOSED = Signature(
+    "psycopg-connection-closed", "psycopg.OperationalError", r"the connection is closed",
+    description="psycopg refuses to use a connection it has marked closed.")
+PSYCOPG_CONNECTION_LOST = Signature(
+    "psycopg-connection-lost", "psycopg.OperationalError",
+    r"consuming input failed|server closed the connection|Broken pipe|SSL SYSCALL|sending query failed",
+    description="The socket under a psycopg connection broke mid-query.")
+ASYNCPG_CONNECTION_LOST = Signature(
+    "asyncpg-connection-lost", "asyncpg.exceptions.ConnectionDoesNotExistError",
+    description="asyncpg lost the connection mid-query.")
+PROTOCOL_DESYNC = Signature(
+    "protocol-desync", "asyncpg.exceptions.InternalClientError",
+    description="asyncpg received a protocol message it did not expect (shared socket).")
+PREPARED_STATEMENT_MISSING = Signature(
+    "prepared-statement-missing", "Exception", sqlstate="26000",
+    description="A prepared statement was used on a server connection that never prepared it.")
+PREPARED_STATEMENT_EXISTS = Signature(
+    "prepared-statement-exists", "Exception", sqlstate="42P05",
+    description="A prepared statement name was reused on a server connection that already has it.")
+TOO_MANY_CLIENTS = Signature(
+    "too-many-clients", "Exception", sqlstate="53300",
+    description="PostgreSQL refused a connection: max_connections reached.")
+POOL_TIMEOUT = Signature(
+    "queuepool-timeout", "sqlalchemy.exc.TimeoutError", sa_code="3o7r",
+    description="SQLAlchemy's pool had no connection to give within pool_timeout.")
+MISSING_GREENLET = Signature(
+    "missing-greenlet", "sqlalchemy.exc.MissingGreenlet", sa_code="xd2s",
+    description="Sync IO (a lazy load) was attempted outside the async greenlet bridge.")
+DETACHED_INSTANCE = Signature(
+    "detached-instance", "sqlalchemy.orm.exc.DetachedInstanceError", sa_code="bhk3",
+    description="An expired or unloaded attribute was read after its session closed.")
+NO_RUNNING_LOOP = Signature(
+    "no-running-loop", "RuntimeError", r"no running event loop",
+    description="asyncio.get_running_loop() was called outside a coroutine.")
+NO_CURRENT_LOOP = Signature(
+    "no-current-event-loop", "RuntimeError", r"There is no current event loop",
+    description="asyncio.get_event_loop() found no loop set for this thread.")
+SOFT_TIME_LIMIT = Signature(
+    "soft-time-limit", "celery.exceptions.SoftTimeLimitExceeded",
+    description="Celery's soft time limit interrupted the task.")
+
+CATALOGUE: dict[str, Signature] = {
+    s.name: s for s in [
+        LOOP_CLOSED, FUTURE_OTHER_LOOP, ASYNCPG_ANOTHER_OPERATION, ASYNCPG_CONNECTION_CLOSED,
+        PSYCOPG_CONNECTION_CLOSED, PSYCOPG_CONNECTION_LOST, ASYNCPG_CONNECTION_LOST,
+        PROTOCOL_DESYNC, PREPARED_STATEMENT_MISSING, PREPARED_STATEMENT_EXISTS,
+        TOO_MANY_CLIENTS, POOL_TIMEOUT, MISSING_GREENLET, DETACHED_INSTANCE,
+        NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT,
+    ]
+}

@@ -1,0 +1,114 @@
+"""The services one scenario run needs, wired together.
+
+Responsibility: hand a variant run a fresh database, its URLs for each driver
+(direct or through PgBouncer) and the Redis broker, reusing running services
+across runs of the same pytest process.
+
+One :class:`StackPool` lives per pytest process (so per xdist worker): one Redis,
+one PostgreSQL per ``max_connections`` setting, one PgBouncer per PgBouncer setting.
+Runs are isolated by a fresh database and a private queue each, never by luck.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from harness.scenario import StackSpec
+from harness.services import (
+    LocalPgBouncer,
+    LocalPostgres,
+    LocalRedis,
+    PgBouncerSettings,
+    PostgresSettings,
+)
+
+DRIVER_SCHEMES = {"asyncpg": "postgresql+asyncpg", "psycopg": "postgresql+psycopg"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Running services for one spec."""
+
+    spec: StackSpec
+    postgres: LocalPostgres
+    pgbouncer: LocalPgBouncer | None
+    redis: LocalRedis
+
+    def database_url(self, driver: str, dbname: str) -> str:
+        """The SQLAlchemy URL a scenario's app uses: through PgBouncer if the spec says so."""
+        port = self.pgbouncer.port if self.pgbouncer else self.postgres.port
+        pg = self.postgres
+        return f"{DRIVER_SCHEMES[driver]}://{pg.user}:{pg.password}@{pg.host}:{port}/{dbname}"
+
+    @contextmanager
+    def fresh_database(self, label: str) -> Iterator[str]:
+        """A new empty database for one run, dropped afterwards."""
+        name = f"h_{label[:40].replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        self.postgres.create_database(name)
+        try:
+            yield name
+        finally:
+            if self.postgres.alive():
+                self.postgres.drop_database(name)
+
+    def versions(self) -> dict[str, str]:
+        found = {"backend": "local", "postgres": self.postgres.version,
+                 "redis": self.redis.version}
+        if self.pgbouncer is not None:
+            found["pgbouncer"] = self.pgbouncer.version
+        return found
+
+    def problems(self) -> list[str]:
+        """Services of this stack that died (a crash mid-run is a harness error)."""
+        services = [self.postgres, self.redis] + ([self.pgbouncer] if self.pgbouncer else [])
+        return [f"{s.name} is no longer running; log tail:\n{s.log_tail(15)}"
+                for s in services if not s.alive()]
+
+
+class StackPool:
+    """Starts services on first use and stops all of them on close."""
+
+    def __init__(self) -> None:
+        self._exit = ExitStack()
+        self._redis: LocalRedis | None = None
+        self._postgres: dict[int, LocalPostgres] = {}
+        self._pgbouncer: dict[tuple[int, int, int | None], LocalPgBouncer] = {}
+
+    def get(self, spec: StackSpec) -> Stack:
+        if self._redis is None:
+            self._redis = self._exit.enter_context(LocalRedis())
+        postgres = self._postgres.get(spec.max_connections)
+        if postgres is None:
+            postgres = self._exit.enter_context(
+                LocalPostgres(PostgresSettings(max_connections=spec.max_connections)))
+            self._postgres[spec.max_connections] = postgres
+        pgbouncer = None
+        if spec.pgbouncer:
+            key = (spec.max_connections, spec.pgbouncer_pool_size, spec.max_prepared_statements)
+            pgbouncer = self._pgbouncer.get(key)
+            if pgbouncer is None:
+                pgbouncer = self._exit.enter_context(LocalPgBouncer(postgres, PgBouncerSettings(
+                    default_pool_size=spec.pgbouncer_pool_size,
+                    max_prepared_statements=spec.max_prepared_statements)))
+                self._pgbouncer[key] = pgbouncer
+        return Stack(spec, postgres, pgbouncer, self._redis)
+
+    def versions(self) -> dict[str, str]:
+        """Versions of every service started so far."""
+        found: dict[str, str] = {"backend": "local"}
+        if self._redis:
+            found["redis"] = self._redis.version
+        for pg in self._postgres.values():
+            found["postgres"] = pg.version
+        for pgb in self._pgbouncer.values():
+            found["pgbouncer"] = pgb.version
+        return found
+
+    def close(self) -> None:
+        self._exit.close()
+        self._redis = None
+        self._postgres.clear()
+        self._pgbouncer.clear()

@@ -1,0 +1,119 @@
+"""What a scenario's Celery app imports inside the worker.
+
+Responsibility: give the worker its configuration (from the environment, never
+from edited code) and report each task failure in full to the harness.
+
+Celery's result backend keeps only the exception's class name and message. The
+harness needs the whole chain (SQLAlchemy's ``.orig``, the driver's exception,
+SQLSTATE, SQLAlchemy's error code) to match signatures on stable keys, so a
+``task_failure`` handler stores that chain in Redis under the task id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback as tb
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.signals import task_failure
+
+from harness.signatures import public_name
+
+CONFIG_ENV = "HARNESS_WORKER_CONFIG"
+FAILURE_KEY = "harness:failure:{task_id}"
+FAILURE_TTL_S = 3600
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The variant run's settings, as the harness passed them to the worker."""
+
+    scenario: str
+    variant: str
+    driver: str
+    database_url: str
+    broker_url: str
+    queue: str
+    config: Mapping[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A knob of the variant's configuration."""
+        return self.config.get(key, default)
+
+
+def settings() -> WorkerSettings:
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(
+            f"{CONFIG_ENV} is not set: this Celery app is meant to be started by the "
+            f"harness (pytest scenarios/), which passes the variant's configuration.")
+    return WorkerSettings(**json.loads(raw))
+
+
+def make_app(main: str) -> Celery:
+    """A Celery app wired to the run's broker, result backend and private queue."""
+    s = settings()
+    app = Celery(main, broker=s.broker_url, backend=s.broker_url, set_as_current=True)
+    app.conf.update(
+        task_default_queue=s.queue,
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        worker_hijack_root_logger=True,
+        broker_connection_retry_on_startup=True,
+        # A lost worker process must show as a failed call, not as a silent requeue.
+        task_acks_late=False, task_reject_on_worker_lost=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        result_expires=3600,
+    )
+    _install_failure_reporter(app)
+    return app
+
+
+def exception_chain(exc: BaseException, limit: int = 10) -> list[dict[str, Any]]:
+    """The raised exception and everything it wraps, without repeats, outermost first."""
+    seen: set[int] = set()
+    chain: list[dict[str, Any]] = []
+    pending: list[BaseException] = [exc]
+    while pending and len(chain) < limit:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        cls = type(current)
+        chain.append({
+            "type": public_name(cls.__module__, cls.__qualname__),
+            "bases": [public_name(k.__module__, k.__qualname__) for k in cls.__mro__
+                    if k is not object],
+            "message": str(current)[:2000],
+            "sa_code": getattr(current, "code", None) if isinstance(
+                getattr(current, "code", None), str) else None,
+            "sqlstate": _sqlstate(current),
+        })
+        for attr in ("orig", "driver_exception", "__cause__", "__context__"):
+            inner = getattr(current, attr, None)
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+    return chain
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    for attr in ("sqlstate", "pgcode"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _install_failure_reporter(app: Celery) -> None:
+    @task_failure.connect(weak=False)
+    def _report(task_id: str | None = None, exception: BaseException | None = None,
+                **_: Any) -> None:
+        if task_id is None or exception is None:
+            return
+        record = {"chain": exception_chain(exception),
+                  "traceback": "".join(tb.format_exception(exception))[-8000:]}
+        app.backend.client.set(FAILURE_KEY.format(task_id=task_id), json.dumps(record),
+                               ex=FAILURE_TTL_S)

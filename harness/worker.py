@@ -1,0 +1,182 @@
+"""A real ``celery worker --pool=prefork`` subprocess, driven from outside.
+
+Responsibility: start the worker with a variant's configuration, prove it is
+ready, send a workload, collect one :class:`CallResult` per call within a bound,
+and stop it (SIGTERM, then SIGKILL to its process group), keeping its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from harness._process import ManagedProcess, tail, wait_for
+from harness.errors import WorkerStartError
+from harness.outcome import CallResult, CallStatus
+from harness.signatures import ErrorRecord, ExceptionInfo
+from harness.task_support import CONFIG_ENV, FAILURE_KEY
+
+READY_MARK = " ready."  # celery logs "celery@<name> ready." once the pool has started
+POLL_S = 0.05
+
+
+class CeleryWorker(AbstractContextManager["CeleryWorker"]):
+    """One prefork worker for one variant run.
+
+    Args:
+        app_module: import path of the scenario's Celery app.
+        settings: the ``WorkerSettings`` fields (see :mod:`harness.task_support`).
+        log_path: where the worker's output is kept.
+        concurrency: number of prefork processes.
+        project_root: the folder the worker runs in (``scenarios`` importable from it).
+        extra_args: more ``celery worker`` arguments (time limits, for example).
+        start_timeout_s: bound on import + pool start + the control round trip.
+    """
+
+    def __init__(self, *, app_module: str, settings: Mapping[str, Any], log_path: Path,
+                 concurrency: int, project_root: Path, extra_args: Sequence[str] = (),
+                 start_timeout_s: float = 60.0) -> None:
+        self.app_module = app_module
+        self.settings = dict(settings)
+        self.log_path = log_path
+        self.concurrency = concurrency
+        self.project_root = project_root
+        self.extra_args = tuple(extra_args)
+        self.start_timeout_s = start_timeout_s
+        self.nodename = f"harness-{uuid.uuid4().hex[:10]}@127.0.0.1"
+        self.start_s = 0.0
+        self._proc: ManagedProcess | None = None
+        self.client = Celery("harness-client", broker=self.settings["broker_url"],
+                             backend=self.settings["broker_url"], set_as_current=False)
+        self.client.conf.update(task_serializer="json", result_serializer="json",
+                                accept_content=["json"], broker_connection_retry=False)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> CeleryWorker:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", self.app_module, "worker",
+                "--pool=prefork", f"--concurrency={self.concurrency}",
+                "-Q", self.settings["queue"], "-n", self.nodename, "--loglevel=INFO",
+                # No gossip/mingle/heartbeat: this worker talks to no other worker.
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                # Fair scheduling with prefetch 1: a call goes to an idle process only,
+                # so which process runs which call depends on the workload, not on luck.
+                "-O", "fair", "--prefetch-multiplier=1", *self.extra_args]
+
+    def start(self) -> None:
+        began = time.monotonic()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update({
+            CONFIG_ENV: json.dumps(self.settings),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project_root),
+                                                         env.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+            # The worker's own warnings (never-awaited coroutines) must reach its log.
+            "PYTHONWARNINGS": "default",
+        })
+        self._proc = ManagedProcess(self.command(), self.log_path, env=env,
+                                    cwd=self.project_root)
+        if not wait_for(self._logged_ready, timeout_s=self.start_timeout_s,
+                        while_alive=self._proc, interval_s=POLL_S):
+            raise WorkerStartError(self._start_failure("log the line 'ready.'"))
+        remaining = max(1.0, self.start_timeout_s - (time.monotonic() - began))
+        if not wait_for(self._answers_ping, timeout_s=remaining, while_alive=self._proc):
+            raise WorkerStartError(self._start_failure("answer a control ping"))
+        self.start_s = time.monotonic() - began
+
+    def _start_failure(self, what: str) -> str:
+        assert self._proc is not None
+        state = ("exited with code " + str(self._proc.popen.returncode)
+                 if not self._proc.alive() else f"did not {what} within {self.start_timeout_s:.0f} s")
+        return (f"The Celery worker for {self.app_module} {state}. Most often the app failed "
+                f"at import (see the traceback below) or a service it connects to at start is "
+                f"down. Full log: {self.log_path}\nLog tail:\n{self._proc.tail(30)}")
+
+    def _logged_ready(self) -> bool:
+        return READY_MARK in self.log_path.read_text(errors="replace")
+
+    def _answers_ping(self) -> bool:
+        replies = self.client.control.ping(destination=[self.nodename], timeout=0.5)
+        return any(self.nodename in reply for reply in replies)
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        """Warm shutdown (SIGTERM), then SIGKILL to the whole process group."""
+        code = None
+        if self._proc is not None:
+            code = self._proc.stop(grace_s=grace_s)
+            self._proc = None
+        self.client.close()
+        return code
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.alive()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return tail(self.log_path, lines)
+
+    # --- workload ------------------------------------------------------------------------
+    def run(self, task: str, *, calls: int, timeout_s: float,
+            kwargs: Mapping[str, Any] | None = None, token_prefix: str = "") -> list[CallResult]:
+        """Send ``calls`` calls of ``task`` and wait for all of them, at most ``timeout_s``.
+
+        Each call gets a unique token as its first argument and must return it.
+        Calls not finished by the deadline are HUNG; the caller then stops the worker.
+        """
+        prefix = token_prefix or uuid.uuid4().hex[:8]
+        sent: list[tuple[str, AsyncResult]] = []
+        for i in range(calls):
+            token = f"{prefix}-{i:03d}"
+            result = self.client.send_task(task, args=[token], kwargs=dict(kwargs or {}),
+                                           queue=self.settings["queue"])
+            sent.append((token, result))
+        deadline = time.monotonic() + timeout_s
+        pending = {r.id for _, r in sent}
+        while pending and time.monotonic() < deadline:
+            for token, result in sent:
+                if result.id in pending and result.ready():
+                    pending.discard(result.id)
+            if pending:
+                time.sleep(POLL_S)
+        return [self._collect(token, result, hung=result.id in pending) for token, result in sent]
+
+    def _collect(self, token: str, result: AsyncResult, *, hung: bool) -> CallResult:
+        if hung:
+            return CallResult(token, token, CallStatus.HUNG, task_id=result.id)
+        if result.successful():
+            value = result.result
+            status = CallStatus.OK if value == token else CallStatus.WRONG
+            return CallResult(token, token, status, value=value, task_id=result.id)
+        return CallResult(token, token, CallStatus.ERROR, error=self._error_record(result),
+                          task_id=result.id)
+
+    def _error_record(self, result: AsyncResult) -> ErrorRecord:
+        raw = self.client.backend.client.get(FAILURE_KEY.format(task_id=result.id))
+        if raw:
+            return ErrorRecord.from_dict(json.loads(raw))
+        # No record: the process died before the failure handler ran (WorkerLostError
+        # and the like). Keep what the result backend knows.
+        exc = result.result
+        name = type(exc).__name__ if isinstance(exc, BaseException) else "UnknownError"
+        return ErrorRecord(chain=(ExceptionInfo(name, (name,), str(exc)),),
+                           traceback=str(result.traceback or ""))
