@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.signatures import ErrorRecord, Signature, first_match
+from harness.signatures import BODY_NEVER_RAN_RECORD, ErrorRecord, Signature, first_match
 
 
 class Outcome(str, enum.Enum):
@@ -32,6 +32,13 @@ class CallStatus(str, enum.Enum):
     ERROR = "error"
     HUNG = "hung"
     WRONG = "wrong"
+    NOT_RUN = "not-run"  # Celery reported it done, but the body left no trace
+
+
+def never_ran(token: str, expected: Any, task_id: str) -> CallResult:
+    """A call Celery reported done whose body never left its side effect."""
+    return CallResult(token, expected, CallStatus.NOT_RUN, error=BODY_NEVER_RAN_RECORD,
+                      task_id=task_id)
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,12 @@ class TaskCounts:
     hung: int = 0
     wrong: int = 0
     other: int = 0
+    not_run: int = 0
     by_signature: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "ok": self.ok, "hung": self.hung, "wrong": self.wrong,
-                "other": self.other, "by_signature": dict(self.by_signature)}
+                "other": self.other, "not_run": self.not_run, "by_signature": dict(self.by_signature)}
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ def classify(calls: Sequence[CallResult], signatures: Sequence[Signature]) -> Cl
             counts.wrong += 1
             first_error = first_error or f"wrong result: expected {call.expected!r}, got {call.value!r}"
         else:
+            if call.status is CallStatus.NOT_RUN:
+                counts.not_run += 1
             record = call.error or ErrorRecord(chain=())
             first_error = first_error or record.describe()
             matched = first_match(record, signatures)

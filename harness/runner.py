@@ -128,7 +128,8 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                 began = time.monotonic()
                 calls = worker.run(f"{scenario.app}.{workload.task}",
                                    calls=workload.calls, timeout_s=workload.timeout_s,
-                                   kwargs=workload.kwargs)
+                                   kwargs=workload.kwargs, check_ran=workload.check_ran,
+                                   ignore_result=workload.ignore_result)
                 run.run_s = time.monotonic() - began
                 run.db = _inspect(stack, dbname, scenario)
                 hung = any(c.status is CallStatus.HUNG for c in calls)

@@ -137,6 +137,12 @@ class Workload:
         timeout_s: bound on the whole batch; calls not done by then are hung.
         kwargs: keyword arguments added to every call.
         worker_args: extra command-line arguments for ``celery worker``.
+        check_ran: the task body must call ``task_support.mark_ran(app, token)``;
+            a call Celery reports done without that mark is NOT_RUN (signature
+            ``body-never-ran``). Use it where a body may silently not run.
+        ignore_result: the task stores no result (``ignore_result=True``); the
+            harness then waits for the worker's "succeeded"/"raised" log line of
+            each call instead of a result, and needs ``check_ran`` to know more.
     """
 
     task: str
@@ -145,6 +151,8 @@ class Workload:
     timeout_s: float = 30.0
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     worker_args: tuple[str, ...] = ()
+    check_ran: bool = False
+    ignore_result: bool = False
 
 
 @dataclass(frozen=True)

@@ -176,12 +176,20 @@ SOFT_TIME_LIMIT = Signature(
     "soft-time-limit", "celery.exceptions.SoftTimeLimitExceeded",
     description="Celery's soft time limit interrupted the task.")
 
+BODY_NEVER_RAN = Signature(
+    "body-never-ran", "harness.BodyNeverRan",
+    description="Celery reported the task done, but its body left no side effect: it never ran.")
+# The harness builds this record itself for such calls; no exception was raised anywhere.
+BODY_NEVER_RAN_RECORD = ErrorRecord(chain=(ExceptionInfo(
+    "harness.BodyNeverRan", ("harness.BodyNeverRan",),
+    "Celery reported the task as done, but the task body never left its side effect"),))
+
 CATALOGUE: dict[str, Signature] = {
     s.name: s for s in [
         LOOP_CLOSED, FUTURE_OTHER_LOOP, ASYNCPG_ANOTHER_OPERATION, ASYNCPG_CONNECTION_CLOSED,
         PSYCOPG_CONNECTION_CLOSED, PSYCOPG_CONNECTION_LOST, ASYNCPG_CONNECTION_LOST,
         PROTOCOL_DESYNC, PREPARED_STATEMENT_MISSING, PREPARED_STATEMENT_EXISTS,
         TOO_MANY_CLIENTS, POOL_TIMEOUT, MISSING_GREENLET, DETACHED_INSTANCE,
-        NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT,
+        NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT, BODY_NEVER_RAN,
     ]
 }

@@ -25,6 +25,7 @@ from harness.signatures import public_name
 
 CONFIG_ENV = "HARNESS_WORKER_CONFIG"
 FAILURE_KEY = "harness:failure:{task_id}"
+RAN_KEY = "harness:ran:{queue}:{token}"
 FAILURE_TTL_S = 3600
 
 
@@ -70,6 +71,12 @@ def make_app(main: str) -> Celery:
     )
     _install_failure_reporter(app)
     return app
+
+
+def mark_ran(app: Celery, token: str) -> None:
+    """Leave the side effect that proves a task body really ran (see ``Workload.check_ran``)."""
+    s = settings()
+    app.backend.client.set(RAN_KEY.format(queue=s.queue, token=token), "1", ex=FAILURE_TTL_S)
 
 
 def exception_chain(exc: BaseException, limit: int = 10) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -22,12 +23,14 @@ from celery.result import AsyncResult
 
 from harness._process import ManagedProcess, tail, wait_for
 from harness.errors import WorkerStartError
-from harness.outcome import CallResult, CallStatus
+from harness.outcome import CallResult, CallStatus, never_ran
 from harness.signatures import ErrorRecord, ExceptionInfo
-from harness.task_support import CONFIG_ENV, FAILURE_KEY
+from harness.task_support import CONFIG_ENV, FAILURE_KEY, RAN_KEY
 
 READY_MARK = " ready."  # celery logs "celery@<name> ready." once the pool has started
 POLL_S = 0.05
+# celery's INFO lines for a finished call: "Task name[id] succeeded in ..." / "... raised ..."
+_FINISHED_LINE = re.compile(r"Task [\w.:-]+\[([0-9a-f-]{36})\] (succeeded|raised)")
 
 
 class CeleryWorker(AbstractContextManager["CeleryWorker"]):
@@ -137,13 +140,16 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
 
     # --- workload ------------------------------------------------------------------------
     def run(self, task: str, *, calls: int, timeout_s: float,
-            kwargs: Mapping[str, Any] | None = None, token_prefix: str = "") -> list[CallResult]:
+            kwargs: Mapping[str, Any] | None = None, check_ran: bool = False,
+            ignore_result: bool = False) -> list[CallResult]:
         """Send ``calls`` calls of ``task`` and wait for all of them, at most ``timeout_s``.
 
-        Each call gets a unique token as its first argument and must return it.
-        Calls not finished by the deadline are HUNG; the caller then stops the worker.
+        Each call gets a unique token as its first argument and must return it
+        (unless ``ignore_result``). Calls not finished by the deadline are HUNG; the
+        caller then stops the worker. With ``check_ran``, a call reported done whose
+        body left no ``mark_ran`` side effect is NOT_RUN.
         """
-        prefix = token_prefix or uuid.uuid4().hex[:8]
+        prefix = uuid.uuid4().hex[:8]
         sent: list[tuple[str, AsyncResult]] = []
         for i in range(calls):
             token = f"{prefix}-{i:03d}"
@@ -151,19 +157,39 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
                                            queue=self.settings["queue"])
             sent.append((token, result))
         deadline = time.monotonic() + timeout_s
-        pending = {r.id for _, r in sent}
-        while pending and time.monotonic() < deadline:
-            for token, result in sent:
-                if result.id in pending and result.ready():
-                    pending.discard(result.id)
-            if pending:
+        finished: dict[str, str] = {}  # task id -> "succeeded" / "raised" / "ready"
+        while len(finished) < len(sent) and time.monotonic() < deadline:
+            if ignore_result:
+                finished.update(self._finished_in_log())
+            else:
+                finished.update({r.id: "ready" for _, r in sent
+                                 if r.id not in finished and r.ready()})
+            if len(finished) < len(sent):
                 time.sleep(POLL_S)
-        return [self._collect(token, result, hung=result.id in pending) for token, result in sent]
+        collected = []
+        for token, result in sent:
+            call = self._collect(token, result, finished.get(result.id))
+            if check_ran and call.status in (CallStatus.OK, CallStatus.WRONG) \
+                    and not self._ran(token):
+                call = never_ran(token, call.expected, result.id)
+            collected.append(call)
+        return collected
 
-    def _collect(self, token: str, result: AsyncResult, *, hung: bool) -> CallResult:
-        if hung:
+    def _finished_in_log(self) -> dict[str, str]:
+        """Task ids the worker logged as done: the only signal when no result is stored."""
+        text = self.log_path.read_text(errors="replace")
+        return {m.group(1): m.group(2) for m in _FINISHED_LINE.finditer(text)}
+
+    def _ran(self, token: str) -> bool:
+        key = RAN_KEY.format(queue=self.settings["queue"], token=token)
+        return bool(self.client.backend.client.exists(key))
+
+    def _collect(self, token: str, result: AsyncResult, finished: str | None) -> CallResult:
+        if finished is None:
             return CallResult(token, token, CallStatus.HUNG, task_id=result.id)
-        if result.successful():
+        if finished == "succeeded":  # ignore_result: no value to compare
+            return CallResult(token, token, CallStatus.OK, task_id=result.id)
+        if finished == "ready" and result.successful():
             value = result.result
             status = CallStatus.OK if value == token else CallStatus.WRONG
             return CallResult(token, token, status, value=value, task_id=result.id)
