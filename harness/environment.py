@@ -6,7 +6,11 @@ expectation rules may depend on.
 
 from __future__ import annotations
 
+import functools
 import platform
+import re
+import shutil
+import subprocess
 import sys
 from importlib import metadata
 
@@ -42,6 +46,18 @@ def libpq_info() -> dict[str, str]:
                 "libpq": f"{version // 10000}.{version % 10000}"}
     except Exception:  # noqa: BLE001 - psycopg missing or broken: just omit the fact
         return {}
+
+
+@functools.lru_cache(maxsize=1)
+def pgbouncer_version() -> str | None:
+    """Version of the pgbouncer binary on PATH, or None when there is none."""
+    binary = shutil.which("pgbouncer")
+    if binary is None:
+        return None
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                         timeout=10, check=False).stdout
+    found = re.search(r"PgBouncer (\d+\.\d+\.\d+)", out)
+    return found.group(1) if found else None
 
 
 def version_tag() -> str:

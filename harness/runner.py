@@ -38,6 +38,7 @@ class VariantRun:
     run_s: float = 0.0
     log_findings: dict[str, int] = field(default_factory=dict)
     db: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
     log_path: str = ""
     reason: str = ""  # why HARNESS_ERROR or N/A
     services: dict[str, str] = field(default_factory=dict)
@@ -60,7 +61,7 @@ class VariantRun:
             "tasks": self.counts.to_dict(), "first_error": self.first_error,
             "other_errors": list(self.other_errors),
             "worker_start_s": round(self.worker_start_s, 3), "run_s": round(self.run_s, 3),
-            "log_findings": self.log_findings, "db": self.db, "log": self.log_path,
+            "log_findings": self.log_findings, "counters": self.counters, "db": self.db, "log": self.log_path,
             "reason": self.reason, "config": dict(self.variant.config),
             "claim": {"error": self.scenario.claim.error, "fix": self.scenario.claim.fix,
                       "signature": self.scenario.claim.signature,
@@ -90,8 +91,11 @@ class VariantRun:
 
 
 def run_env(driver: str, pgbouncer: str | None = None) -> RunEnv:
+    """The environment expectation rules see; PgBouncer's version is that of the
+    installed binary when no PgBouncer runs yet (so ``requires`` can be checked first)."""
     return RunEnv(driver=driver, python=environment.python_tuple(),
-                  packages=environment.package_versions(), pgbouncer=pgbouncer)
+                  packages=environment.package_versions(),
+                  pgbouncer=pgbouncer or environment.pgbouncer_version())
 
 
 def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: StackPool,
@@ -132,6 +136,7 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                                    ignore_result=workload.ignore_result)
                 run.run_s = time.monotonic() - began
                 run.db = _inspect(stack, dbname, scenario)
+                run.counters = worker.counters()
                 hung = any(c.status is CallStatus.HUNG for c in calls)
                 # A hung call keeps a process busy: a short grace, then SIGKILL.
                 worker.stop(grace_s=3.0 if hung else 10.0)

@@ -99,6 +99,26 @@ def when(condition: Callable[[RunEnv], bool], then: Expected, otherwise: Expecte
     return rule
 
 
+def version_tuple(version: str | None) -> tuple[int, ...]:
+    """``"1.18.0"`` -> ``(1, 18, 0)``; unknown or missing -> ``()``."""
+    if not version:
+        return ()
+    try:
+        return tuple(int(part) for part in version.split(".")[:3])
+    except ValueError:
+        return ()
+
+
+def needs_pgbouncer(minimum: str, feature: str) -> Callable[[RunEnv], str | None]:
+    """A ``Variant.requires`` check: n/a unless PgBouncer >= ``minimum`` is installed."""
+    def check(env: RunEnv) -> str | None:
+        if version_tuple(env.pgbouncer) >= version_tuple(minimum):
+            return None
+        return (f"{feature} needs PgBouncer >= {minimum}; the installed PgBouncer is "
+                f"{env.pgbouncer or 'missing'}")
+    return check
+
+
 def resolve(expectation: Expectation, env: RunEnv) -> Expected:
     """The concrete expectation of one variant run in ``env``."""
     if isinstance(expectation, Mapping):

@@ -17,8 +17,9 @@ COLUMNS = ("scenario", "variant", "driver", "role", "expected", "observed", "ok/
 def _row(r: Mapping[str, Any]) -> tuple[str, ...]:
     t = r["tasks"]
     sigs = ", ".join(f"{k}:{v}" for k, v in t["by_signature"].items()) or "-"
-    notes = ", ".join(f"{k}:{v}" for k, v in (r.get("log_findings") or {}).items()
-                      if k != "traceback")
+    found = {k: v for k, v in (r.get("log_findings") or {}).items() if k != "traceback"}
+    found.update(r.get("counters") or {})
+    notes = ", ".join(f"{k}:{v}" for k, v in found.items())
     if r["outcome"] in ("N/A", "HARNESS_ERROR"):
         notes = (r.get("reason") or "").splitlines()[0][:70] if r.get("reason") else ""
     mark = "" if r.get("passed", True) else " (!)"

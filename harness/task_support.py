@@ -26,6 +26,7 @@ from harness.signatures import public_name
 CONFIG_ENV = "HARNESS_WORKER_CONFIG"
 FAILURE_KEY = "harness:failure:{task_id}"
 RAN_KEY = "harness:ran:{queue}:{token}"
+COUNTER_KEY = "harness:count:{queue}:{name}"
 FAILURE_TTL_S = 3600
 
 
@@ -77,6 +78,18 @@ def mark_ran(app: Celery, token: str) -> None:
     """Leave the side effect that proves a task body really ran (see ``Workload.check_ran``)."""
     s = settings()
     app.backend.client.set(RAN_KEY.format(queue=s.queue, token=token), "1", ex=FAILURE_TTL_S)
+
+
+def count(app: Celery, name: str, amount: int = 1) -> None:
+    """Add to a named counter of this run (retries, connections opened...).
+
+    The harness reads every counter after the calls and keeps them in the result
+    (``counters``), so a scenario can report what is not a pass/fail fact.
+    """
+    s = settings()
+    key = COUNTER_KEY.format(queue=s.queue, name=name)
+    app.backend.client.incrby(key, amount)
+    app.backend.client.expire(key, FAILURE_TTL_S)
 
 
 def exception_chain(exc: BaseException, limit: int = 10) -> list[dict[str, Any]]:

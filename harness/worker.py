@@ -25,7 +25,7 @@ from harness._process import ManagedProcess, tail, wait_for
 from harness.errors import WorkerStartError
 from harness.outcome import CallResult, CallStatus, never_ran
 from harness.signatures import ErrorRecord, ExceptionInfo
-from harness.task_support import CONFIG_ENV, FAILURE_KEY, RAN_KEY
+from harness.task_support import CONFIG_ENV, COUNTER_KEY, FAILURE_KEY, RAN_KEY
 
 READY_MARK = " ready."  # celery logs "celery@<name> ready." once the pool has started
 POLL_S = 0.05
@@ -179,6 +179,13 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
         """Task ids the worker logged as done: the only signal when no result is stored."""
         text = self.log_path.read_text(errors="replace")
         return {m.group(1): m.group(2) for m in _FINISHED_LINE.finditer(text)}
+
+    def counters(self) -> dict[str, int]:
+        """The run's ``task_support.count`` counters."""
+        prefix = COUNTER_KEY.format(queue=self.settings["queue"], name="")
+        redis = self.client.backend.client
+        return {key.decode()[len(prefix):]: int(redis.get(key) or 0)
+                for key in redis.scan_iter(match=prefix + "*")}
 
     def _ran(self, token: str) -> bool:
         key = RAN_KEY.format(queue=self.settings["queue"], token=token)

@@ -6,8 +6,6 @@ prove a real query passes through it, and remove every trace on stop.
 
 from __future__ import annotations
 
-import re
-import subprocess
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 
+from harness import environment
 from harness._process import ManagedProcess, wait_for
 from harness.errors import PortInUseError, ServiceStartError
 from harness.services.base import (
@@ -38,13 +37,6 @@ class PgBouncerSettings:
     max_prepared_statements: int | None = None
     port: int | None = None
     start_timeout_s: float = 15.0
-
-
-def pgbouncer_version(binary: str) -> str:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                         timeout=10, check=False).stdout
-    found = re.search(r"PgBouncer (\d+\.\d+\.\d+)", out)
-    return found.group(1) if found else "unknown"
 
 
 class LocalPgBouncer(AbstractContextManager["LocalPgBouncer"]):
@@ -76,7 +68,7 @@ class LocalPgBouncer(AbstractContextManager["LocalPgBouncer"]):
     def start(self) -> None:
         began = time.monotonic()
         binary = find_binary("pgbouncer", "pgbouncer")
-        self.version = pgbouncer_version(binary)
+        self.version = environment.pgbouncer_version() or "unknown"
         self._dir = make_workdir("pgbouncer")
         # PgBouncer needs the plain password to answer the server's SCRAM challenge
         # itself; the file is readable by the service user only and lives in a temp dir.
