@@ -1,0 +1,108 @@
+"""Set up a fresh Debian/Ubuntu machine and run the scenarios or the tests.
+
+Responsibility: the README's two commands. Standard library only, because it
+runs before the virtualenv exists::
+
+    python3 -m harness.bootstrap scenarios [pytest args...]   # run scenarios/, print the summary
+    python3 -m harness.bootstrap tests [pytest args...]       # run the harness's own tests
+
+It installs the system packages it needs when run as root (when not root it
+stops and prints the exact command to run), creates ``.venv`` next to this
+project, installs the project into it (again only when pyproject.toml changed),
+then runs pytest with the same interpreter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("HARNESS_VENV", ROOT / ".venv"))
+TARGETS = {"scenarios": "scenarios/", "tests": "tests/"}
+
+# binary -> Debian package. PostgreSQL's binaries live outside PATH on Debian.
+SERVICE_BINARIES = {"initdb": "postgresql", "postgres": "postgresql",
+                    "pgbouncer": "pgbouncer", "redis-server": "redis-server"}
+POSTGRES_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def say(message: str) -> None:
+    print(f"[harness] {message}", flush=True)
+
+
+def missing_packages() -> list[str]:
+    missing = []
+    for binary, package in SERVICE_BINARIES.items():
+        found = shutil.which(binary) or any((d / binary).exists() for d in POSTGRES_DIRS)
+        if not found and package not in missing:
+            missing.append(package)
+    if not _venv_works():
+        missing.append("python3-venv")
+    return missing
+
+
+def _venv_works() -> bool:
+    if (VENV / "bin" / "python").exists():
+        return True
+    probe = subprocess.run([sys.executable, "-c", "import ensurepip, venv"],
+                           capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+def install_system_packages() -> None:
+    missing = missing_packages()
+    if not missing:
+        return
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if os.geteuid() != 0:
+        sys.exit(
+            f"[harness] The local backend needs {', '.join(missing)}, which are not installed. "
+            f"Install them, then run this command again:\n\n"
+            f"    sudo apt-get update && sudo {' '.join(command)}\n")
+    say(f"installing {', '.join(missing)} with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*command, "-qq"], check=True, env=env)
+
+
+def ensure_venv() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        say(f"creating the virtualenv {VENV}")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    stamp = VENV / ".harness-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != wanted:
+        say("installing the project and its dependencies into the virtualenv")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+                       check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True)
+        stamp.write_text(wanted)
+    return python
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in TARGETS:
+        sys.exit("[harness] usage: python3 -m harness.bootstrap {scenarios|tests} "
+                 "[pytest options...]\n'scenarios' runs every scenario and prints the "
+                 "summary table; 'tests' runs the harness's own tests.")
+    target, extra = args[0], args[1:]
+    if sys.version_info < (3, 10):
+        sys.exit(f"[harness] Python 3.10 or newer is needed; this is {sys.version.split()[0]}. "
+                 f"Run the command with a newer python3.")
+    install_system_packages()
+    python = ensure_venv()
+    command = [str(python), "-m", "pytest", TARGETS[target], *extra]
+    say("running " + " ".join(command[2:]))
+    os.chdir(ROOT)
+    return subprocess.run(command, check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
