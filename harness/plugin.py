@@ -23,7 +23,7 @@ from harness import _process, environment, results, summary
 from harness.errors import ConfigError
 from harness.outcome import Outcome
 from harness.runner import VariantRun, run_env, run_variant
-from harness.scenario import Expected, Scenario, Variant, resolve
+from harness.scenario import Expected, Scenario
 from harness.stack import StackPool
 
 RESULT_KEY = "harness_result"
@@ -125,8 +125,9 @@ def variant_run(request: pytest.FixtureRequest, variant_case: Any,
     if reason is None and variant.requires is not None:
         reason = variant.requires(run_env(driver))
     if reason is not None:
-        run = VariantRun(scenario, variant, driver,
-                         _expected_or_na(variant, driver), Outcome.NOT_APPLICABLE, reason=reason)
+        # No expectation applies to a variant that cannot run here.
+        run = VariantRun(scenario, variant, driver, Expected(Outcome.NOT_APPLICABLE),
+                         Outcome.NOT_APPLICABLE, reason=reason)
         _record(request, run, harness_stacks)
         pytest.skip(f"n/a: {reason}")
     run = run_variant(scenario, variant, driver, stacks=harness_stacks,
@@ -134,13 +135,6 @@ def variant_run(request: pytest.FixtureRequest, variant_case: Any,
                       project_root=request.config.rootpath)
     _record(request, run, harness_stacks)
     return run
-
-
-def _expected_or_na(variant: Variant, driver: str) -> Expected:
-    try:
-        return resolve(variant.expect, run_env(driver))
-    except KeyError:
-        return Expected(Outcome.NOT_APPLICABLE)
 
 
 def _record(request: pytest.FixtureRequest, run: VariantRun, stacks: StackPool) -> None:

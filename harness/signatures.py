@@ -176,6 +176,11 @@ SOFT_TIME_LIMIT = Signature(
     "soft-time-limit", "celery.exceptions.SoftTimeLimitExceeded",
     description="Celery's soft time limit interrupted the task.")
 
+COROUTINE_RESULT_UNENCODABLE = Signature(
+    "coroutine-result-unencodable", "kombu.exceptions.EncodeError", r"\bcoroutine\b",
+    description="An async def task returned its un-awaited coroutine, which the result "
+                "backend cannot serialise (Celery never awaits a task body).")
+
 BODY_NEVER_RAN = Signature(
     "body-never-ran", "harness.BodyNeverRan",
     description="Celery reported the task done, but its body left no side effect: it never ran.")
@@ -191,5 +196,6 @@ CATALOGUE: dict[str, Signature] = {
         PROTOCOL_DESYNC, PREPARED_STATEMENT_MISSING, PREPARED_STATEMENT_EXISTS,
         TOO_MANY_CLIENTS, POOL_TIMEOUT, MISSING_GREENLET, DETACHED_INSTANCE,
         NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT, BODY_NEVER_RAN,
+        COROUTINE_RESULT_UNENCODABLE,
     ]
 }

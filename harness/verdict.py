@@ -15,6 +15,7 @@ HOLDS = "holds"
 DIFFERENT_ERROR = "holds with a different error"
 DOES_NOT_HOLD = "does not hold"
 UNKNOWN = "unknown"
+NOT_APPLICABLE = "n/a"
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ def claim_verdict(bad: Mapping[str, Any] | None, fixed: Mapping[str, Any] | None
     if bad is None or fixed is None:
         return UNKNOWN, "the bad or the fixed variant did not run"
     for run in (bad, fixed):
-        if run["outcome"] in ("HARNESS_ERROR", "N/A"):
+        if run["outcome"] == "N/A":
+            return NOT_APPLICABLE, f"{run['variant']} is n/a: {run.get('reason', '')[:120]}"
+        if run["outcome"] == "HARNESS_ERROR":
             return UNKNOWN, f"{run['variant']} was {run['outcome']}: {run.get('reason', '')[:120]}"
     claimed = bad["claim"].get("signature")
     seen = sorted(bad["tasks"]["by_signature"])

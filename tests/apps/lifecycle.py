@@ -1,0 +1,54 @@
+"""A Celery app for the harness's own tests: each task misbehaves in one known way.
+
+Knobs (variant config): fail_at_import, sleep_at_import_s.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness.task_support import make_app, mark_ran, settings
+
+app = make_app(__name__)
+SETTINGS = settings()
+
+if SETTINGS.get("fail_at_import"):
+    raise RuntimeError("this app fails at import on purpose")
+if SETTINGS.get("sleep_at_import_s"):
+    time.sleep(float(SETTINGS.get("sleep_at_import_s")))
+
+
+@app.task
+def echo(token: str) -> str:
+    mark_ran(app, token)
+    return token
+
+
+@app.task
+def hang_first(token: str) -> str:
+    """The call with index 000 never finishes; the others answer at once."""
+    if token.endswith("-000"):
+        time.sleep(3600)
+    return token
+
+
+@app.task
+def answer_wrong(token: str) -> str:
+    return f"not-{token}"
+
+
+@app.task
+def raise_wrapped(token: str) -> str:
+    """Raise what SQLAlchemy raises for an asyncpg failure: the driver error inside."""
+    import asyncpg
+    import sqlalchemy.exc
+
+    driver = asyncpg.exceptions.InterfaceError(
+        "cannot perform operation: another operation is in progress")
+    raise sqlalchemy.exc.InterfaceError("select 1", {}, driver)
+
+
+@app.task
+def skip_body(token: str) -> str:
+    """Returns without leaving the mark: to the harness, a body that never ran."""
+    return token
