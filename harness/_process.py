@@ -106,12 +106,15 @@ class ManagedProcess:
                 except subprocess.TimeoutExpired:
                     pass
             # Children of the leader (pool processes, postgres backends) may
-            # outlive it: the group gets SIGKILL whatever the leader did.
+            # outlive it: the group gets SIGKILL whatever the leader did, and we wait
+            # until none of its members is still running.
             self._signal_group(signal.SIGKILL)
             try:
-                return self.popen.wait(timeout=5)
+                code = self.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                return None
+                code = None
+            wait_for(lambda: not live_group_members(self.popen.pid), timeout_s=5)
+            return code
         finally:
             _LIVE.discard(self)
             self._log.close()
@@ -121,6 +124,28 @@ class ManagedProcess:
             os.killpg(self.popen.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """PIDs in process group ``pgid`` that are still running (zombies excluded).
+
+    A zombie is dead but unreaped; where PID 1 does not reap orphans (many
+    containers) it stays in the group forever, so ``killpg(pgid, 0)`` is no proof
+    of life. /proc is.
+    """
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces) start after the last ')'.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def wait_for(

@@ -65,7 +65,8 @@ class VariantRun:
             "reason": self.reason, "config": dict(self.variant.config),
             "claim": {"error": self.scenario.claim.error, "fix": self.scenario.claim.fix,
                       "signature": self.scenario.claim.signature,
-                      "bad": self.scenario.claim.bad, "fixed": self.scenario.claim.fixed},
+                      "bad": self.scenario.claim.bad, "fixed": self.scenario.claim.fixed,
+                      "bad_fails": self.scenario.claim.bad_fails},
         }
 
     def failure_message(self) -> str:

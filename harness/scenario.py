@@ -186,6 +186,9 @@ class Claim:
             an error no signature here describes.
         bad: the variant that applies the bad configuration.
         fixed: the variant that applies the article's fix.
+        bad_fails: False when the article claims the ``bad`` variant WORKS (a claim
+            of support, such as "Celery supports async def tasks natively"): the
+            claim then holds only if that variant is clean.
     """
 
     error: str
@@ -193,6 +196,7 @@ class Claim:
     signature: str | None
     bad: str
     fixed: str
+    bad_fails: bool = True
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,17 @@ COROUTINE_RESULT_UNENCODABLE = Signature(
     description="An async def task returned its un-awaited coroutine, which the result "
                 "backend cannot serialise (Celery never awaits a task body).")
 
+LAZY_RAISE = Signature(
+    "lazy-raise", "sqlalchemy.exc.InvalidRequestError", r"is not available due to lazy='raise",
+    description="A relationship mapped with lazy='raise' (or raiseload()) was read before "
+                "it was loaded; the lazy load it would have needed is refused.")
+
+PSYCOPG_NO_CONNECTION_SLOTS = Signature(
+    "psycopg-no-connection-slots", "psycopg.OperationalError",
+    r"FATAL:\s+(sorry, too many clients already|remaining connection slots are reserved)",
+    description="PostgreSQL refused a psycopg connection for lack of slots (SQLSTATE 53300; "
+                "libpq reports no SQLSTATE for a refused connection, so the text is the key).")
+
 BODY_NEVER_RAN = Signature(
     "body-never-ran", "harness.BodyNeverRan",
     description="Celery reported the task done, but its body left no side effect: it never ran.")
@@ -196,6 +207,7 @@ CATALOGUE: dict[str, Signature] = {
         PROTOCOL_DESYNC, PREPARED_STATEMENT_MISSING, PREPARED_STATEMENT_EXISTS,
         TOO_MANY_CLIENTS, POOL_TIMEOUT, MISSING_GREENLET, DETACHED_INSTANCE,
         NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT, BODY_NEVER_RAN,
-        COROUTINE_RESULT_UNENCODABLE,
+        PSYCOPG_NO_CONNECTION_SLOTS,
+        COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
     ]
 }

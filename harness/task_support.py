@@ -5,8 +5,13 @@ from edited code) and report each task failure in full to the harness.
 
 Celery's result backend keeps only the exception's class name and message. The
 harness needs the whole chain (SQLAlchemy's ``.orig``, the driver's exception,
-SQLSTATE, SQLAlchemy's error code) to match signatures on stable keys, so a
-``task_failure`` handler stores that chain in Redis under the task id.
+SQLSTATE, SQLAlchemy's error code) to match signatures on stable keys, so the
+app's task class stores that chain in Redis under the task id. It does so in
+``Task.__call__``, before Celery stores the FAILURE state: Celery sends
+``task_failure`` only after storing the state (celery/app/trace.py,
+``handle_failure``), so a record written there can arrive after the harness has
+already read the result. The ``task_failure`` handler stays for failures raised
+outside the task body (a time limit hit outside ``__call__``, for example).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Retry
 from celery.signals import task_failure
 
 from harness.signatures import public_name
@@ -72,6 +78,16 @@ def make_app(main: str) -> Celery:
     )
     _install_failure_reporter(app)
     return app
+
+
+def _record_failure(app: Celery, task_id: str | None, exc: BaseException,
+                    overwrite: bool) -> None:
+    if task_id is None:
+        return
+    record = {"chain": exception_chain(exc),
+              "traceback": "".join(tb.format_exception(exc))[-8000:]}
+    app.backend.client.set(FAILURE_KEY.format(task_id=task_id), json.dumps(record),
+                           ex=FAILURE_TTL_S, nx=not overwrite)
 
 
 def mark_ran(app: Celery, token: str) -> None:
@@ -128,12 +144,24 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 def _install_failure_reporter(app: Celery) -> None:
+    base = app.Task
+
+    class ReportingTask(base):  # type: ignore[misc, valid-type]
+        """Records the exception chain before Celery stores the FAILURE state."""
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().__call__(*args, **kwargs)
+            except Retry:
+                raise  # not a failure: the call will run again
+            except BaseException as exc:
+                _record_failure(app, self.request.id, exc, overwrite=True)
+                raise
+
+    app.Task = ReportingTask
+
     @task_failure.connect(weak=False)
     def _report(task_id: str | None = None, exception: BaseException | None = None,
                 **_: Any) -> None:
-        if task_id is None or exception is None:
-            return
-        record = {"chain": exception_chain(exception),
-                  "traceback": "".join(tb.format_exception(exception))[-8000:]}
-        app.backend.client.set(FAILURE_KEY.format(task_id=task_id), json.dumps(record),
-                               ex=FAILURE_TTL_S)
+        if exception is not None:  # only when __call__ did not record it already
+            _record_failure(app, task_id, exception, overwrite=False)

@@ -38,6 +38,11 @@ def claim_verdict(bad: Mapping[str, Any] | None, fixed: Mapping[str, Any] | None
     claimed = bad["claim"].get("signature")
     seen = sorted(bad["tasks"]["by_signature"])
     fix_ok = fixed["outcome"] == "CLEAN"
+    if not bad["claim"].get("bad_fails", True):  # the article says this configuration works
+        if bad["outcome"] == "CLEAN":
+            return HOLDS, f"{bad['variant']} works, as the article says"
+        return DOES_NOT_HOLD, (f"the article says {bad['variant']} works; it was "
+                               f"{bad['outcome']} ({', '.join(seen) or 'no signature'})")
     if bad["outcome"] != "REPRODUCED":
         return DOES_NOT_HOLD, (f"the bad configuration ({bad['variant']}) was {bad['outcome']}, "
                                f"not the quoted error")

@@ -24,7 +24,7 @@ from celery.result import AsyncResult
 from harness._process import ManagedProcess, tail, wait_for
 from harness.errors import WorkerStartError
 from harness.outcome import CallResult, CallStatus, never_ran
-from harness.signatures import ErrorRecord, ExceptionInfo
+from harness.signatures import ErrorRecord, ExceptionInfo, public_name
 from harness.task_support import CONFIG_ENV, COUNTER_KEY, FAILURE_KEY, RAN_KEY
 
 READY_MARK = " ready."  # celery logs "celery@<name> ready." once the pool has started
@@ -204,12 +204,23 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
                           task_id=result.id)
 
     def _error_record(self, result: AsyncResult) -> ErrorRecord:
-        raw = self.client.backend.client.get(FAILURE_KEY.format(task_id=result.id))
+        redis = self.client.backend.client
+        key = FAILURE_KEY.format(task_id=result.id)
+        # The task_failure fallback path writes after the state is stored: give it a moment.
+        raw = redis.get(key)
+        if raw is None and wait_for(lambda: redis.exists(key), timeout_s=1.0):
+            raw = redis.get(key)
         if raw:
             return ErrorRecord.from_dict(json.loads(raw))
-        # No record: the process died before the failure handler ran (WorkerLostError
-        # and the like). Keep what the result backend knows.
-        exc = result.result
-        name = type(exc).__name__ if isinstance(exc, BaseException) else "UnknownError"
-        return ErrorRecord(chain=(ExceptionInfo(name, (name,), str(exc)),),
+        # No record: the process died before anything could be written (WorkerLostError,
+        # hard time limit). Keep what the result backend knows, with the class's module.
+        meta = self.client.backend.get_task_meta(result.id).get("result") or {}
+        if isinstance(meta, dict) and meta.get("exc_type"):
+            name = public_name(meta.get("exc_module") or "builtins", meta["exc_type"])
+            message = str(meta.get("exc_message") or "")
+        else:
+            exc = result.result
+            name = type(exc).__name__ if isinstance(exc, BaseException) else "UnknownError"
+            message = str(exc)
+        return ErrorRecord(chain=(ExceptionInfo(name, (name,), message),),
                            traceback=str(result.traceback or ""))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness._process import live_group_members
 from harness.services import LocalRedis
 from harness.worker import CeleryWorker
 
@@ -43,8 +43,5 @@ def make_worker(redis_service: LocalRedis, tmp_path: Path):
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Is any process of the group still running? (Unreaped zombies do not count.)"""
+    return bool(live_group_members(pgid))

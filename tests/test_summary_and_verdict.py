@@ -3,7 +3,14 @@
 import pytest
 
 from harness.summary import render_table, render_verdicts
-from harness.verdict import DIFFERENT_ERROR, DOES_NOT_HOLD, HOLDS, UNKNOWN, verdicts
+from harness.verdict import (
+    DIFFERENT_ERROR,
+    DOES_NOT_HOLD,
+    HOLDS,
+    NOT_APPLICABLE,
+    UNKNOWN,
+    verdicts,
+)
 
 CLAIM = {"error": "loop is closed", "fix": "NullPool", "signature": "event-loop-closed",
          "bad": "bad", "fixed": "fix"}
@@ -56,3 +63,18 @@ def test_table_has_a_row_per_result_and_marks_unexpected_outcomes():
 def test_table_shows_the_reason_of_a_harness_error():
     rows = [result("bad", "HARNESS_ERROR", reason="PostgreSQL did not answer\nlog...")]
     assert "PostgreSQL did not answer" in render_table(rows)
+
+
+def test_a_claim_of_support_does_not_hold_when_that_configuration_fails():
+    support = dict(CLAIM, bad_fails=False)
+    rows = [dict(result("bad", "REPRODUCED", {"body-never-ran": 8}), claim=support),
+            dict(result("fix", "CLEAN"), claim=support)]
+    [found] = verdicts(rows)
+    assert found.verdict == DOES_NOT_HOLD and "body-never-ran" in found.detail
+    rows[0] = dict(result("bad", "CLEAN"), claim=support)
+    assert verdicts(rows)[0].verdict == HOLDS
+
+
+def test_a_variant_that_is_not_applicable_gives_an_na_verdict():
+    rows = [result("bad", "N/A", reason="needs PgBouncer >= 1.21"), result("fix", "CLEAN")]
+    assert verdicts(rows)[0].verdict == NOT_APPLICABLE
