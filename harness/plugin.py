@@ -21,6 +21,7 @@ import pytest
 
 from harness import _process, environment, results, summary
 from harness.errors import ConfigError
+from harness.services import backends
 from harness.outcome import Outcome
 from harness.runner import VariantRun, run_env, run_variant
 from harness.scenario import Expected, Scenario
@@ -28,14 +29,14 @@ from harness.stack import StackPool
 
 RESULT_KEY = "harness_result"
 SERVICES_KEY = "harness_services"
-BACKENDS = ("local", "auto")
 
 
 class RunState:
     """What the controller gathers over the session."""
 
-    def __init__(self, run_id: str, results_dir: Path) -> None:
+    def __init__(self, run_id: str, results_dir: Path, backend: backends.Backend) -> None:
         self.run_id = run_id
+        self.backend = backend
         self.results_dir = results_dir
         self.results: dict[str, dict[str, Any]] = {}
         self.services: dict[str, str] = {}
@@ -48,25 +49,26 @@ STATE = pytest.StashKey[RunState]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "fault-reproduction harness")
     group.addoption("--backend", default=os.environ.get("HARNESS_BACKEND", "auto"),
-                    help="where services run: 'local' (system binaries) or 'auto' "
-                         "(default; today the same as local). Env: HARNESS_BACKEND.")
+                    help="where services run: 'local' (system binaries), 'docker' "
+                         "(testcontainers, images from docker/) or 'auto' (default: docker "
+                         "when an engine answers and the images exist, else local). "
+                         "Env: HARNESS_BACKEND.")
     group.addoption("--results-dir", default=os.environ.get("HARNESS_RESULTS_DIR", "reports"),
                     help="folder for <run-id>/results.json, worker logs and 'latest' "
                          "(default: reports). Env: HARNESS_RESULTS_DIR.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    backend = config.getoption("backend")
-    if backend not in BACKENDS:
-        raise pytest.UsageError(
-            f"--backend {backend!r} is not available. Choose one of: {', '.join(BACKENDS)}. "
-            f"'local' runs the system's postgres, pgbouncer and redis-server binaries.")
+    try:
+        backend = backends.choose(config.getoption("backend"))
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from exc
     workerinput = getattr(config, "workerinput", None)
     run_id = workerinput["harness_run_id"] if workerinput else results.new_run_id()
     results_dir = Path(config.getoption("results_dir"))
     if not results_dir.is_absolute():
         results_dir = config.rootpath / results_dir
-    config.stash[STATE] = state = RunState(run_id, results_dir)
+    config.stash[STATE] = state = RunState(run_id, results_dir, backend)
     config.pluginmanager.register(_Recorder(state, is_worker=workerinput is not None),
                                   "harness-recorder")
     if config.pluginmanager.hasplugin("xdist"):
@@ -104,9 +106,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def harness_stacks() -> Any:
+def harness_stacks(request: pytest.FixtureRequest) -> Any:
     """Services for this pytest process, started on first use, stopped at the end."""
-    pool = StackPool()
+    pool = StackPool(request.config.stash[STATE].backend)
     try:
         yield pool
     finally:
@@ -169,8 +171,11 @@ class _Recorder:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker or not self.state.results:
             return  # an xdist worker's results reach the controller, which writes
-        document = results.build_document(list(self.state.results.values()),
-                                          self.state.services, self.state.run_id)
+        services = dict(self.state.services, backend=self.state.backend.name)
+        if self.state.backend.reason:
+            services["backend_reason"] = self.state.backend.reason
+        document = results.build_document(list(self.state.results.values()), services,
+                                          self.state.run_id)
         self.state.written = results.write(document, self.state.results_dir)
 
     @pytest.hookimpl
@@ -179,6 +184,9 @@ class _Recorder:
             return
         rows = list(self.state.results.values())
         terminalreporter.section("fault-reproduction harness")
+        backend = self.state.backend
+        terminalreporter.write_line(f"backend: {backend.name}"
+                                    + (f" ({backend.reason})" if backend.reason else ""))
         terminalreporter.write_line(summary.render_table(rows))
         verdict_text = summary.render_verdicts(rows)
         if verdict_text:

@@ -15,15 +15,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from harness.scenario import StackSpec
-from harness.services import (
-    LocalPgBouncer,
-    LocalPostgres,
-    LocalRedis,
-    PgBouncerSettings,
-    PostgresSettings,
-)
+from harness.services import PgBouncerSettings, PostgresSettings
+from harness.services.backends import LOCAL, Backend
 
 DRIVER_SCHEMES = {"asyncpg": "postgresql+asyncpg", "psycopg": "postgresql+psycopg"}
 
@@ -33,9 +29,10 @@ class Stack:
     """Running services for one spec."""
 
     spec: StackSpec
-    postgres: LocalPostgres
-    pgbouncer: LocalPgBouncer | None
-    redis: LocalRedis
+    postgres: Any
+    pgbouncer: Any | None
+    redis: Any
+    backend: str = "local"
 
     def database_url(self, driver: str, dbname: str) -> str:
         """The SQLAlchemy URL a scenario's app uses: through PgBouncer if the spec says so."""
@@ -55,7 +52,7 @@ class Stack:
                 self.postgres.drop_database(name)
 
     def versions(self) -> dict[str, str]:
-        found = {"backend": "local", "postgres": self.postgres.version,
+        found = {"backend": self.backend, "postgres": self.postgres.version,
                  "redis": self.redis.version}
         if self.pgbouncer is not None:
             found["pgbouncer"] = self.pgbouncer.version
@@ -71,34 +68,37 @@ class Stack:
 class StackPool:
     """Starts services on first use and stops all of them on close."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend = LOCAL) -> None:
+        self.backend = backend
         self._exit = ExitStack()
-        self._redis: LocalRedis | None = None
-        self._postgres: dict[int, LocalPostgres] = {}
-        self._pgbouncer: dict[tuple[int, int, int | None], LocalPgBouncer] = {}
+        self._redis: Any | None = None
+        self._postgres: dict[int, Any] = {}
+        self._pgbouncer: dict[tuple[int, int, int | None], Any] = {}
 
     def get(self, spec: StackSpec) -> Stack:
         if self._redis is None:
-            self._redis = self._exit.enter_context(LocalRedis())
+            self._redis = self._exit.enter_context(self.backend.redis())
         postgres = self._postgres.get(spec.max_connections)
         if postgres is None:
             postgres = self._exit.enter_context(
-                LocalPostgres(PostgresSettings(max_connections=spec.max_connections)))
+                self.backend.postgres(PostgresSettings(max_connections=spec.max_connections)))
             self._postgres[spec.max_connections] = postgres
         pgbouncer = None
         if spec.pgbouncer:
             key = (spec.max_connections, spec.pgbouncer_pool_size, spec.max_prepared_statements)
             pgbouncer = self._pgbouncer.get(key)
             if pgbouncer is None:
-                pgbouncer = self._exit.enter_context(LocalPgBouncer(postgres, PgBouncerSettings(
+                pgbouncer = self._exit.enter_context(self.backend.pgbouncer(postgres, PgBouncerSettings(
                     default_pool_size=spec.pgbouncer_pool_size,
                     max_prepared_statements=spec.max_prepared_statements)))
                 self._pgbouncer[key] = pgbouncer
-        return Stack(spec, postgres, pgbouncer, self._redis)
+        return Stack(spec, postgres, pgbouncer, self._redis, self.backend.name)
 
     def versions(self) -> dict[str, str]:
         """Versions of every service started so far."""
-        found: dict[str, str] = {"backend": "local"}
+        found: dict[str, str] = {"backend": self.backend.name}
+        if self.backend.reason:
+            found["backend_reason"] = self.backend.reason
         if self._redis:
             found["redis"] = self._redis.version
         for pg in self._postgres.values():

@@ -98,7 +98,17 @@ def test_test_ids_show_the_variant_driver_and_versions(demo):
 def test_an_unknown_backend_is_a_usage_error(demo):
     run = demo.runpytest_subprocess("--backend", "cloud")
     assert run.ret != 0
-    run.stderr.fnmatch_lines(["*--backend 'cloud' is not available*"])
+    run.stderr.fnmatch_lines(["*--backend 'cloud' is not a backend. Choose one of*"])
+
+
+def test_docker_backend_without_docker_says_what_to_do(demo, monkeypatch):
+    from harness.services import backends
+
+    if backends.docker_unavailable() is None:
+        pytest.skip("docker is available here; this checks the message when it is not")
+    run = demo.runpytest_subprocess("--backend", "docker")
+    assert run.ret != 0
+    run.stderr.fnmatch_lines(["*--backend docker was asked for, but*use --backend local*"])
 
 
 def test_a_module_without_scenario_is_a_clear_error(pytester, monkeypatch):
