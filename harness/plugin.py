@@ -125,7 +125,7 @@ def variant_run(request: pytest.FixtureRequest, variant_case: Any,
     state = request.config.stash[STATE]
     reason = variant.not_for.get(driver)
     if reason is None and variant.requires is not None:
-        reason = variant.requires(run_env(driver))
+        reason = variant.requires(run_env(driver, state.backend.pgbouncer_version()))
     if reason is not None:
         # No expectation applies to a variant that cannot run here.
         run = VariantRun(scenario, variant, driver, Expected(Outcome.NOT_APPLICABLE),

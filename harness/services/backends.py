@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness import environment
 from harness.errors import ConfigError
 from harness.services.pgbouncer import LocalPgBouncer, PgBouncerSettings
 from harness.services.postgres import LocalPostgres, PostgresSettings
@@ -28,6 +29,9 @@ class Backend:
     postgres: Callable[[PostgresSettings], Any]
     pgbouncer: Callable[[Any, PgBouncerSettings], Any]
     redis: Callable[[], Any]
+    # The PgBouncer version this backend would start, known before starting it, so
+    # variants that need a newer PgBouncer can be n/a without starting anything.
+    pgbouncer_version: Callable[[], str | None] = environment.pgbouncer_version
     reason: str = ""  # why this backend was chosen (for 'auto')
 
 
@@ -47,7 +51,7 @@ def _docker_backend(reason: str) -> Backend:
     from harness.services import docker
 
     return Backend("docker", docker.DockerPostgres, docker.DockerPgBouncer, docker.DockerRedis,
-                   reason)
+                   docker.pgbouncer_version, reason)
 
 
 def choose(name: str) -> Backend:
@@ -66,5 +70,5 @@ def choose(name: str) -> Backend:
         return _docker_backend("asked for with --backend docker")
     if problem:
         return Backend(LOCAL.name, LOCAL.postgres, LOCAL.pgbouncer, LOCAL.redis,
-                       f"auto: local, because {problem}")
+                       reason=f"auto: local, because {problem}")
     return _docker_backend("auto: a Docker engine answers and the images are present")
