@@ -58,16 +58,38 @@ def wait_for_path(pattern: str, folder: Path, text: str, timeout_s: float) -> bo
     return False
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_an_interrupted_run_leaves_no_process_and_no_temp_folder(tmp_path: Path, signum: int):
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "test_slow.py").write_text(SLOW)
+def private_run_env() -> tuple[dict[str, str], Path, str]:
+    """An environment whose TMPDIR and marker belong to one pytest run only."""
     private_tmp = Path(tempfile.mkdtemp(prefix="harness-cleanup-test-"))
     private_tmp.chmod(0o755)  # the service user must reach its own folders inside
     chown_to_service_user(private_tmp)
     mark = f"harness-test-{uuid.uuid4().hex}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(private_tmp), HARNESS_TEST_MARK=mark)
+    return env, private_tmp, mark
+
+
+def test_a_completed_run_leaves_no_process_and_no_temp_folder(tmp_path: Path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_quick.py").write_text(SLOW.replace('"hang_first", calls=2', '"echo", calls=2'))
+    env, private_tmp, mark = private_run_env()
+    try:
+        run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                              "test_quick.py"], cwd=project, env=env, capture_output=True,
+                             text=True, timeout=180)
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert processes_with(mark) == []
+        assert list(private_tmp.iterdir()) == [], "temp folders were left behind"
+    finally:
+        remove_tree(private_tmp)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_leaves_no_process_and_no_temp_folder(tmp_path: Path, signum: int):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_slow.py").write_text(SLOW)
+    env, private_tmp, mark = private_run_env()
     run = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_slow.py"],
         cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
