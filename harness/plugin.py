@@ -53,6 +53,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(testcontainers, images from docker/) or 'auto' (default: docker "
                          "when an engine answers and the images exist, else local). "
                          "Env: HARNESS_BACKEND.")
+    group.addoption("--scenario", action="append", default=[], metavar="ID",
+                    help="run only these scenarios (repeat or comma-separate); an unknown "
+                         "id is an error that lists the known ones")
+    group.addoption("--variant", action="append", default=[], metavar="NAME",
+                    help="run only these variants (repeat or comma-separate)")
     group.addoption("--results-dir", default=os.environ.get("HARNESS_RESULTS_DIR", "reports"),
                     help="folder for <run-id>/results.json, worker logs and 'latest' "
                          "(default: reports). Env: HARNESS_RESULTS_DIR.")
@@ -103,6 +108,45 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     tag = environment.version_tag()
     cases = [(v, d) for v in scenario.variants for d in scenario.drivers]
     metafunc.parametrize("variant_case", cases, ids=[f"{v.name}-{d}-{tag}" for v, d in cases])
+
+
+def _names(values: list[str]) -> set[str]:
+    return {name.strip() for value in values for name in value.split(",") if name.strip()}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Apply --scenario / --variant, refusing names that match nothing."""
+    wanted_scenarios = _names(config.getoption("scenario"))
+    wanted_variants = _names(config.getoption("variant"))
+    if not wanted_scenarios and not wanted_variants:
+        return
+    known_scenarios: set[str] = set()
+    known_variants: set[str] = set()
+    keep, drop = [], []
+    for item in items:
+        case = getattr(item, "callspec", None) and item.callspec.params.get("variant_case")
+        scenario = getattr(item.module, "SCENARIO", None) if case else None
+        if scenario is None:
+            drop.append(item)
+            continue
+        variant, _driver = case
+        known_scenarios.add(scenario.id)
+        known_variants.add(variant.name)
+        if ((not wanted_scenarios or scenario.id in wanted_scenarios)
+                and (not wanted_variants or variant.name in wanted_variants)):
+            keep.append(item)
+        else:
+            drop.append(item)
+    for kind, wanted, known in (("scenario", wanted_scenarios, known_scenarios),
+                                ("variant", wanted_variants, known_variants)):
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise pytest.UsageError(
+                f"Unknown {kind} {', '.join(map(repr, unknown))}. Known {kind}s in the "
+                f"collected files: {', '.join(sorted(known)) or '(none)'}. Check the spelling, "
+                f"or collect the folder that holds it (pytest scenarios/).")
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,15 @@ def test_a_module_without_scenario_is_a_clear_error(pytester, monkeypatch):
     run = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert run.ret != 0
     run.stdout.fnmatch_lines(["*declares no SCENARIO = Scenario(...)*"])
+
+
+def test_scenario_and_variant_options_select_and_refuse_unknown_names(demo):
+    run = demo.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q",
+                                    "--variant", "works")
+    run.stdout.fnmatch_lines(["*works-asyncpg*", "*works-psycopg*", "*2/6 tests collected*"])
+    run = demo.runpytest_subprocess("--scenario", "dmeo")
+    assert run.ret != 0
+    run.stderr.fnmatch_lines(["*Unknown scenario 'dmeo'. Known scenarios in the collected "
+                              "files: demo*"])
+    run = demo.runpytest_subprocess("--variant", "works,nope")
+    run.stderr.fnmatch_lines(["*Unknown variant 'nope'*fails, works, wrongly-expected*"])
