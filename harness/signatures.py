@@ -192,6 +192,39 @@ PSYCOPG_NO_CONNECTION_SLOTS = Signature(
     description="PostgreSQL refused a psycopg connection for lack of slots (SQLSTATE 53300; "
                 "libpq reports no SQLSTATE for a refused connection, so the text is the key).")
 
+IMPLICIT_LOOP_DEPRECATED = Signature(
+    "implicit-loop-deprecated", "DeprecationWarning", r"There is no current event loop",
+    description="asyncio.get_event_loop() had to create a loop implicitly (deprecated in "
+                "Python 3.12 and 3.13) and warnings are errors (-W error::DeprecationWarning).")
+
+RESULT_WITHOUT_ROWS = Signature(
+    "result-without-rows", "sqlalchemy.exc.ResourceClosedError", r"does not return rows",
+    description="A statement that returns rows got a reply without rows: on a socket two "
+                "processes share (a pooled connection inherited over fork), it read the reply "
+                "to another process's BEGIN or ROLLBACK.")
+PSYCOPG_ANOTHER_COMMAND = Signature(
+    "psycopg-another-command", "psycopg.OperationalError",
+    r"another command is already in progress",
+    description="libpq refused to send a query while it still awaits an earlier reply "
+                "(on a socket shared over fork, the reply another process consumed).")
+
+TIMED_OUT_WORK_COMMITTED = Signature(
+    "timed-out-work-committed", "scenarios.apps.soft_time_limit.TimedOutWorkCommitted",
+    description="A later call found rows committed by calls that Celery's soft time limit "
+                "had interrupted: the interrupted coroutine was resumed and committed.")
+LOCK_TIMEOUT = Signature(
+    "lock-timeout", "Exception", sqlstate="55P03",
+    description="A statement waited longer than lock_timeout for a row lock (here: held by "
+                "a transaction that an interrupted task left open).")
+HARD_TIME_LIMIT = Signature(
+    "hard-time-limit", "billiard.exceptions.TimeLimitExceeded",
+    description="Celery's hard time limit ended the task; billiard then terminates the "
+                "pool process that ran it.")
+HARD_TIME_LIMIT_SIGTERM = Signature(
+    "hard-time-limit-sigterm", "SystemExit", r"^-241$",
+    description="The pool process exited on billiard's SIGTERM (exit code -(256 - SIGTERM), "
+                "billiard.common._shutdown_cleanup), as after a hard time limit.")
+
 BODY_NEVER_RAN = Signature(
     "body-never-ran", "harness.BodyNeverRan",
     description="Celery reported the task done, but its body left no side effect: it never ran.")
@@ -208,6 +241,9 @@ CATALOGUE: dict[str, Signature] = {
         TOO_MANY_CLIENTS, POOL_TIMEOUT, MISSING_GREENLET, DETACHED_INSTANCE,
         NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT, BODY_NEVER_RAN,
         PSYCOPG_NO_CONNECTION_SLOTS,
+        RESULT_WITHOUT_ROWS, PSYCOPG_ANOTHER_COMMAND,
         COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
+        IMPLICIT_LOOP_DEPRECATED,
+        TIMED_OUT_WORK_COMMITTED, LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM,
     ]
 }
