@@ -207,6 +207,15 @@ PSYCOPG_ANOTHER_COMMAND = Signature(
     r"another command is already in progress",
     description="libpq refused to send a query while it still awaits an earlier reply "
                 "(on a socket shared over fork, the reply another process consumed).")
+ASYNCPG_FOREIGN_TRANSACTION = Signature(
+    "asyncpg-foreign-transaction", "asyncpg.exceptions.InterfaceError",
+    r"cannot use Connection\.transaction\(\) in a manually started transaction",
+    description="asyncpg found its server session inside a transaction it did not start "
+                "(on a socket shared over fork, another process's BEGIN).")
+QUERY_TIMEOUT = Signature(
+    "query-timeout", "TimeoutError",
+    description="A query's reply did not come within the caller's own bound "
+                "(asyncio.wait_for): on a socket shared over fork, another process read it.")
 
 TIMED_OUT_WORK_COMMITTED = Signature(
     "timed-out-work-committed", "scenarios.apps.soft_time_limit.TimedOutWorkCommitted",
@@ -241,7 +250,8 @@ CATALOGUE: dict[str, Signature] = {
         TOO_MANY_CLIENTS, POOL_TIMEOUT, MISSING_GREENLET, DETACHED_INSTANCE,
         NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT, BODY_NEVER_RAN,
         PSYCOPG_NO_CONNECTION_SLOTS,
-        RESULT_WITHOUT_ROWS, PSYCOPG_ANOTHER_COMMAND,
+        RESULT_WITHOUT_ROWS, PSYCOPG_ANOTHER_COMMAND, QUERY_TIMEOUT,
+        ASYNCPG_FOREIGN_TRANSACTION,
         COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
         IMPLICIT_LOOP_DEPRECATED,
         TIMED_OUT_WORK_COMMITTED, LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM,
