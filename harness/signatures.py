@@ -172,8 +172,9 @@ NO_RUNNING_LOOP = Signature(
 NO_CURRENT_LOOP = Signature(
     "no-current-event-loop", "RuntimeError", r"There is no current event loop",
     description="asyncio.get_event_loop() found no loop set for this thread.")
+# celery.exceptions re-exports it; the class is defined (and recorded) in billiard.
 SOFT_TIME_LIMIT = Signature(
-    "soft-time-limit", "celery.exceptions.SoftTimeLimitExceeded",
+    "soft-time-limit", "billiard.exceptions.SoftTimeLimitExceeded",
     description="Celery's soft time limit interrupted the task.")
 
 COROUTINE_RESULT_UNENCODABLE = Signature(

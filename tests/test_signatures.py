@@ -125,3 +125,9 @@ def test_every_signature_a_scenario_names_is_catalogued_and_listed(module):
                 continue
             expected: Expected = resolve(variant.expect, run_env(driver))
             assert set(expected.signatures) <= listed, (variant.name, driver)
+
+
+def test_soft_time_limit_matches_the_class_celery_really_raises():
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    assert sig.SOFT_TIME_LIMIT.matches(record_of(SoftTimeLimitExceeded("soft limit")))
