@@ -1,0 +1,100 @@
+"""Worker side of scenarios/test_pgbouncer_prepared_asyncpg.py.
+
+Each task opens ONE connection and runs the same parameterised query
+``executions`` times on it, each execution in its own transaction, so that
+PgBouncer (transaction mode) may hand that one client connection a different
+server connection for every execution. Every execution also returns
+``pg_backend_pid()``, so the task counts how often the server connection under
+its client connection changed (counter ``server-switches``), and the number of
+named prepared statements on that server connection, so it counts the
+executions that ran where some client had prepared a statement (counter
+``prepared-on-server``).
+
+Every process runs its tasks on one long-lived event loop: a new
+``asyncio.run()`` per task would break pooled asyncpg connections for another
+reason (see loop-bound-pool), and that must not mix into this scenario.
+
+Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, url_query), plus
+    executions: how many times each task runs the query on its connection (default 4).
+    uuid_statement_names: when true, pass SQLAlchemy's documented recipe
+        ``prepared_statement_name_func=lambda: f"__asyncpg_{uuid4()}__"``
+        (a function is not JSON, so the variant says true and the app builds it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from itertools import pairwise
+from typing import Any
+from uuid import uuid4
+
+from celery.signals import worker_process_init
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from harness.task_support import WorkerSettings, count, make_app, settings
+from scenarios.apps.common import make_engine
+
+app = make_app(__name__)
+SETTINGS = settings()
+engine: AsyncEngine | None = None
+process_loop: asyncio.AbstractEventLoop | None = None
+
+# Besides the token: which server connection ran it, and how many named prepared
+# statements that server connection holds (whichever client made them).
+ECHO = text("select cast(:token as text), pg_backend_pid(), "
+            "(select count(*) from pg_prepared_statements)")
+
+
+def uuid_statement_name() -> str:
+    """SQLAlchemy's recipe for PgBouncer: a name no other client can have used."""
+    return f"__asyncpg_{uuid4()}__"
+
+
+def engine_settings(base: WorkerSettings) -> WorkerSettings:
+    """The variant's settings, with the statement-name function added when asked for."""
+    if not base.get("uuid_statement_names"):
+        return base
+    connect_args: dict[str, Any] = dict(base.get("connect_args") or {})
+    connect_args["prepared_statement_name_func"] = uuid_statement_name
+    return replace(base, config={**base.config, "connect_args": connect_args})
+
+
+@worker_process_init.connect
+def create_engine_after_fork(**_: object) -> None:
+    """One engine and one event loop per worker process, made after the fork."""
+    global engine, process_loop
+    engine = make_engine(engine_settings(SETTINGS))
+    process_loop = asyncio.new_event_loop()
+
+
+async def echo_repeatedly(token: str) -> str:
+    """Run the query ``executions`` times on one connection; return a wrong answer if any."""
+    assert engine is not None
+    answers: list[str] = []
+    backend_pids: list[int] = []
+    executions_seeing_prepared = 0
+    async with engine.connect() as conn:
+        for _ in range(SETTINGS.get("executions", 4)):
+            async with conn.begin():
+                result = await conn.execute(ECHO, {"token": token})
+                value, backend_pid, prepared_on_server = result.one()
+            answers.append(value)
+            backend_pids.append(backend_pid)
+            executions_seeing_prepared += prepared_on_server > 0
+    switches = sum(1 for a, b in pairwise(backend_pids) if a != b)
+    if switches:
+        count(app, "server-switches", switches)
+    if executions_seeing_prepared:
+        count(app, "prepared-on-server", executions_seeing_prepared)
+    # An execution answered by another client's statement of the same name makes
+    # the whole call WRONG (the harness compares the returned value with the token).
+    return next((a for a in answers if a != token), token)
+
+
+@app.task
+def query_token(token: str) -> str:
+    """Echo ``token`` through the database, ``executions`` times on one connection."""
+    assert process_loop is not None
+    return process_loop.run_until_complete(echo_repeatedly(token))

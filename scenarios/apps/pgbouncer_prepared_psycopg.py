@@ -1,0 +1,111 @@
+"""Worker side of scenarios/test_pgbouncer_prepared_psycopg.py.
+
+Each task opens ONE connection and runs a parameterised query ``executions``
+times on it, each execution in its own transaction, so that PgBouncer
+(transaction mode) may hand that one client connection a different server
+connection for every execution. psycopg 3 counts executions of each query text
+PER CONNECTION (not per task): with the default pool, a connection's count goes
+on from one task to the next. Every execution also returns ``pg_backend_pid()``,
+so the task counts how often the server connection under its client connection
+changed (counter ``server-switches``), and the number of named prepared
+statements on the server connection, so it counts the executions that ran where
+some client had prepared a statement (counter ``prepared-on-server``).
+
+Every process runs its tasks on one long-lived event loop, like the asyncpg
+scenario, so both scenarios differ only by driver.
+
+Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, e.g.
+``{"prepare_threshold": 0}``), plus
+    executions: how many times each task runs a query on its connection (default 4).
+    prepared_max: set ``AsyncConnection.prepared_max`` on each new connection
+        (psycopg's connect() has no such argument; it is an attribute).
+    query_shapes: "same" (default): one query text. "halves": the second half of
+        the executions on a connection runs a second query text (so a
+        prepared_max of 1 evicts the first text's statement). "by-process":
+        processes with an odd pid run the second text. The second text returns
+        ``reverse()`` of the token and the task reverses it back, so a
+        statement name that points at the other text on the server returns a
+        WRONG value instead of raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from itertools import pairwise
+from typing import Any
+
+from celery.signals import worker_process_init
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from harness.task_support import count, make_app, settings
+from scenarios.apps.common import make_engine
+
+app = make_app(__name__)
+SETTINGS = settings()
+engine: AsyncEngine | None = None
+process_loop: asyncio.AbstractEventLoop | None = None
+
+# Besides the token: which server connection ran it, and how many named prepared
+# statements that server connection holds (whichever client made them).
+ECHO = text("select cast(:token as text), pg_backend_pid(), "
+            "(select count(*) from pg_prepared_statements)")
+ECHO_REVERSED = text("select reverse(cast(:token as text)), pg_backend_pid(), "
+                     "(select count(*) from pg_prepared_statements)")
+
+
+def set_prepared_max(_dbapi_connection: Any, connection_record: Any) -> None:
+    """Pool ``connect`` listener: psycopg's cache size for prepared statements."""
+    connection_record.driver_connection.prepared_max = SETTINGS.get("prepared_max")
+
+
+@worker_process_init.connect
+def create_engine_after_fork(**_: object) -> None:
+    """One engine and one event loop per worker process, made after the fork."""
+    global engine, process_loop
+    engine = make_engine(SETTINGS)
+    if "prepared_max" in SETTINGS.config:
+        event.listen(engine.sync_engine, "connect", set_prepared_max)
+    process_loop = asyncio.new_event_loop()
+
+
+def reversed_shape(execution: int) -> bool:
+    """Whether this execution runs the second query text (see ``query_shapes``)."""
+    shapes = SETTINGS.get("query_shapes", "same")
+    if shapes == "halves":
+        return execution >= SETTINGS.get("executions", 4) // 2
+    return shapes == "by-process" and os.getpid() % 2 == 1
+
+
+async def echo_repeatedly(token: str) -> str:
+    """Run the query ``executions`` times on one connection; return a wrong answer if any."""
+    assert engine is not None
+    answers: list[str] = []
+    backend_pids: list[int] = []
+    executions_seeing_prepared = 0
+    async with engine.connect() as conn:
+        for execution in range(SETTINGS.get("executions", 4)):
+            reverse = reversed_shape(execution)
+            async with conn.begin():
+                result = await conn.execute(ECHO_REVERSED if reverse else ECHO,
+                                            {"token": token})
+                value, backend_pid, prepared_on_server = result.one()
+            answers.append(value[::-1] if reverse else value)
+            backend_pids.append(backend_pid)
+            executions_seeing_prepared += prepared_on_server > 0
+    switches = sum(1 for a, b in pairwise(backend_pids) if a != b)
+    if switches:
+        count(app, "server-switches", switches)
+    if executions_seeing_prepared:
+        count(app, "prepared-on-server", executions_seeing_prepared)
+    # An execution answered by another client's statement of the same name makes
+    # the whole call WRONG (the harness compares the returned value with the token).
+    return next((a for a in answers if a != token), token)
+
+
+@app.task
+def query_token(token: str) -> str:
+    """Echo ``token`` through the database, ``executions`` times on one connection."""
+    assert process_loop is not None
+    return process_loop.run_until_complete(echo_repeatedly(token))
