@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -59,6 +61,7 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
         self.nodename = f"harness-{uuid.uuid4().hex[:10]}@127.0.0.1"
         self.start_s = 0.0
         self._proc: ManagedProcess | None = None
+        self._tmp: Path | None = None
         self.client = Celery("harness-client", broker=self.settings["broker_url"],
                              backend=self.settings["broker_url"], set_as_current=False)
         self.client.conf.update(task_serializer="json", result_serializer="json",
@@ -89,8 +92,12 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
     def start(self) -> None:
         began = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A private TMPDIR: a worker killed after its grace period cannot remove its own
+        # temp files (billiard's pymp-* folder); the harness removes this folder instead.
+        self._tmp = Path(tempfile.mkdtemp(prefix="harness-worker-"))
         env = dict(os.environ)
         env.update({
+            "TMPDIR": str(self._tmp),
             CONFIG_ENV: json.dumps(self.settings),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project_root),
                                                          env.get("PYTHONPATH")])),
@@ -129,6 +136,9 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
         if self._proc is not None:
             code = self._proc.stop(grace_s=grace_s)
             self._proc = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
         self.client.close()
         return code
 
