@@ -213,6 +213,11 @@ ASYNCPG_FOREIGN_TRANSACTION = Signature(
     r"cannot use Connection\.transaction\(\) in a manually started transaction",
     description="asyncpg found its server session inside a transaction it did not start "
                 "(on a socket shared over fork, another process's BEGIN).")
+PSYCOPG_RESULT_MISMATCH = Signature(
+    "psycopg-result-mismatch", "psycopg.InternalError",
+    r"got no result from the query|received \d+ results from command",
+    description="psycopg got a different number of results than it sent commands for "
+                "(on a socket shared over fork, another process read some of them).")
 QUERY_TIMEOUT = Signature(
     "query-timeout", "TimeoutError",
     description="A query's reply did not come within the caller's own bound "
@@ -252,7 +257,7 @@ CATALOGUE: dict[str, Signature] = {
         NO_RUNNING_LOOP, NO_CURRENT_LOOP, SOFT_TIME_LIMIT, BODY_NEVER_RAN,
         PSYCOPG_NO_CONNECTION_SLOTS,
         RESULT_WITHOUT_ROWS, PSYCOPG_ANOTHER_COMMAND, QUERY_TIMEOUT,
-        ASYNCPG_FOREIGN_TRANSACTION,
+        ASYNCPG_FOREIGN_TRANSACTION, PSYCOPG_RESULT_MISMATCH,
         COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
         IMPLICIT_LOOP_DEPRECATED,
         TIMED_OUT_WORK_COMMITTED, LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM,

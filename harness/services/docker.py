@@ -1,11 +1,202 @@
-"""The docker backend (testcontainers). Not built yet: it reports itself unavailable."""
+"""The docker backend: Postgres, PgBouncer and Redis in containers, via testcontainers.
+
+Responsibility: the same services as the local backend (same attributes, same
+methods, same readiness rule: a real round trip), each in its own container on the
+run's user-defined network, reached from the host through a port published on
+127.0.0.1 only. The container lifecycle is in :mod:`docker_container`; images, labels
+and clean-up in :mod:`docker_engine`.
+
+Each service writes its configuration inside its container from environment
+variables, so nothing is mounted from the host and public images with ``sh`` and the
+service binary work too (see docker/README.md).
+"""
 
 from __future__ import annotations
 
+import re
+import secrets
+import time
+
+from harness.errors import ConfigError
+from harness.services import docker_engine as engine
+from harness.services.base import generate_password
+from harness.services.docker_container import ContainerService
+from harness.services.pgbouncer import PgBouncerSettings
+from harness.services.postgres import SUPERUSER, LocalPostgres, PostgresSettings
+from harness.services.redis import LocalRedis
+
+_versions: dict[str, str] = {}
+
 
 def unavailable() -> str | None:
-    return "the docker backend is not implemented in this version"
+    """Why the docker backend cannot run here (one clause), or None when it can."""
+    if engine.IMPORT_ERROR is not None:
+        return (f"the Python package testcontainers is not installed ({engine.IMPORT_ERROR}); "
+                f"install it with pip install 'testcontainers>=4.9'")
+    try:
+        engine.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the engine means "no"
+        return f"no Docker engine answers ({str(exc).splitlines()[0][:160]})"
+    if engine.pull_allowed():
+        return None
+    missing = [f"{engine.image(s)} ({engine.IMAGE_SETTINGS[s][0]})"
+               for s in engine.IMAGE_SETTINGS if not engine.image_present(engine.image(s))]
+    if missing:
+        return (f"the image(s) {', '.join(missing)} are not present locally; build them with "
+                f"docker/build.sh or point those settings at images you have")
+    return None
 
 
 def pgbouncer_version() -> str | None:
-    return None
+    """Version of the configured PgBouncer image, without starting a service."""
+    return image_pgbouncer_version(engine.image("pgbouncer"))
+
+
+def image_pgbouncer_version(name: str) -> str | None:
+    """The image's ``org.harness.pgbouncer.version`` label (set by docker/build.sh), else
+    what ``pgbouncer --version`` prints in a throwaway container. Cached per image."""
+    if name in _versions:
+        return _versions[name]
+    try:
+        found = engine.client().images.get(name).attrs["Config"].get("Labels") or {}
+    except Exception:  # noqa: BLE001 - no engine or no image: the version is unknown
+        return None
+    version = found.get("org.harness.pgbouncer.version") or _ask_binary(name)
+    if version:
+        _versions[name] = version
+    return version
+
+
+def _ask_binary(name: str) -> str | None:
+    container = engine.client().containers.create(
+        name, entrypoint=["pgbouncer", "--version"], command=[], network_disabled=True,
+        labels=engine.labels("pgbouncer-version"))
+    try:
+        container.start()
+        container.wait(timeout=30)
+        out = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    found = re.search(r"PgBouncer (\d+\.\d+\.\d+)", out)
+    return found.group(1) if found else None
+
+
+class DockerPostgres(ContainerService):
+    """PostgreSQL in a container; durability off as in the local backend."""
+
+    name = "postgres"
+    container_port = 5432
+    # The same client-side behaviour as the local backend, shared rather than copied.
+    conninfo = LocalPostgres.conninfo
+    connect = LocalPostgres.connect
+    execute = LocalPostgres.execute
+    create_database = LocalPostgres.create_database
+    drop_database = LocalPostgres.drop_database
+    _answers = LocalPostgres._answers
+    _query_one = LocalPostgres._query_one
+
+    def __init__(self, settings: PostgresSettings | None = None) -> None:
+        self.settings = settings or PostgresSettings()
+        super().__init__(self.settings.start_timeout_s, self.settings.port)
+        self.user = SUPERUSER
+        self.password = generate_password()
+        self.alias = f"postgres-{secrets.token_hex(4)}"  # its name on the run's network
+
+    def start(self) -> None:
+        began = time.monotonic()
+        s = self.settings
+        args = ["postgres", "-c", "listen_addresses=*",
+                "-c", f"max_connections={s.max_connections}", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off", "-c", "shared_buffers=32MB",
+                *[arg for k, v in s.extra.items() for arg in ("-c", f"{k}={v}")]]
+        # shm_size: Docker's 64 MB /dev/shm is tight for many connections' parallel workers.
+        self._launch(env={"POSTGRES_USER": self.user, "POSTGRES_PASSWORD": self.password},
+                     command=args, aliases=(self.alias,), shm_size="256m")
+        self._wait_ready(self._answers, "'select version()'")
+        self.version = self._query_one("show server_version").split()[0]
+        self.start_s = time.monotonic() - began
+
+
+PGBOUNCER_SCRIPT = (
+    # Files only the container's user reads; the variables are dropped before exec.
+    'umask 077 && printf "%s" "$PGBOUNCER_AUTH" > /tmp/userlist.txt && '
+    'printf "%s" "$PGBOUNCER_INI" > /tmp/pgbouncer.ini && '
+    "unset PGBOUNCER_AUTH PGBOUNCER_INI && exec pgbouncer /tmp/pgbouncer.ini")
+
+
+class DockerPgBouncer(ContainerService):
+    """PgBouncer in a container, routing every database name to one DockerPostgres."""
+
+    name = "pgbouncer"
+    container_port = 6432
+
+    def __init__(self, postgres: DockerPostgres, settings: PgBouncerSettings | None = None) -> None:
+        if not isinstance(postgres, DockerPostgres):
+            raise ConfigError("The docker PgBouncer needs a DockerPostgres (it reaches it by its "
+                              "name on the run's network); start both with the docker backend.")
+        self.postgres = postgres
+        self.settings = settings or PgBouncerSettings()
+        super().__init__(self.settings.start_timeout_s, self.settings.port)
+
+    def start(self) -> None:
+        began = time.monotonic()
+        self.version = image_pgbouncer_version(self.image) or "unknown"
+        # PgBouncer needs the plain password to answer the server's SCRAM challenge itself.
+        auth = f'"{self.postgres.user}" "{self.postgres.password}"\n'
+        self._launch(env={"PGBOUNCER_AUTH": auth, "PGBOUNCER_INI": self._config()},
+                     entrypoint=["/bin/sh", "-c", PGBOUNCER_SCRIPT], command=[])
+        self._wait_ready(self._answers, "'select 1' through to PostgreSQL")
+        self.start_s = time.monotonic() - began
+
+    def _config(self) -> str:
+        s = self.settings
+        lines = [
+            "[databases]",
+            f"* = host={self.postgres.alias} port={DockerPostgres.container_port}",
+            "[pgbouncer]",
+            "listen_addr = 0.0.0.0",
+            f"listen_port = {self.container_port}",
+            "unix_socket_dir =",
+            "auth_type = scram-sha-256",
+            "auth_file = /tmp/userlist.txt",
+            f"pool_mode = {s.pool_mode}",
+            f"default_pool_size = {s.default_pool_size}",
+            f"max_client_conn = {s.max_client_conn}",
+            # Drivers send these at start-up; PgBouncer refuses unknown ones otherwise.
+            "ignore_startup_parameters = extra_float_digits,options",
+            "server_check_delay = 0",
+        ]
+        if s.max_prepared_statements is not None:  # 1.18 refuses to start with this key
+            lines.append(f"max_prepared_statements = {s.max_prepared_statements}")
+        return "\n".join(lines) + "\n"
+
+    def _answers(self) -> bool:
+        with self.postgres.connect(port=self.port) as conn:
+            return conn.execute("select 1").fetchone() == (1,)
+
+
+REDIS_SCRIPT = (
+    'umask 077 && printf "requirepass %s\\n" "$REDIS_PASSWORD" > /tmp/redis.conf && '
+    "unset REDIS_PASSWORD && exec redis-server /tmp/redis.conf --bind 0.0.0.0 --port 6379 "
+    "--protected-mode yes --save '' --appendonly no --databases 64 --dir /tmp")
+
+
+class DockerRedis(ContainerService):
+    """Redis in a container: no persistence, a generated password."""
+
+    name = "redis"
+    container_port = 6379
+    url = LocalRedis.url
+    client = LocalRedis.client
+
+    def __init__(self, port: int | None = None, start_timeout_s: float = 15.0) -> None:
+        super().__init__(start_timeout_s, port)
+        self.password = generate_password()
+
+    def start(self) -> None:
+        began = time.monotonic()
+        self._launch(env={"REDIS_PASSWORD": self.password},
+                     entrypoint=["/bin/sh", "-c", REDIS_SCRIPT], command=[])
+        self._wait_ready(lambda: self.client().ping(), "PING with its password")
+        self.version = str(self.client().info("server")["redis_version"])
+        self.start_s = time.monotonic() - began
