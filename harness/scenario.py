@@ -119,6 +119,13 @@ def needs_pgbouncer(minimum: str, feature: str) -> Callable[[RunEnv], str | None
     return check
 
 
+def until_pgbouncer(version: str, failing: Expected, why: str) -> Rule:
+    """``failing`` on PgBouncer older than ``version``, clean from ``version`` on."""
+    def older(env: RunEnv) -> bool:
+        return version_tuple(env.pgbouncer) < version_tuple(version)
+    return when(older, failing, clean(), why=why)
+
+
 def resolve(expectation: Expectation, env: RunEnv) -> Expected:
     """The concrete expectation of one variant run in ``env``."""
     if isinstance(expectation, Mapping):

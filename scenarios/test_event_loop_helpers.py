@@ -80,8 +80,17 @@ Sources
 
 from harness import signatures as sig
 from harness.plugin import assert_expected
-from harness.scenario import (Claim, Role, RunEnv, Scenario, Variant, Workload, clean,
-                              reproduces, when)
+from harness.scenario import (
+    Claim,
+    Role,
+    RunEnv,
+    Scenario,
+    Variant,
+    Workload,
+    clean,
+    reproduces,
+    when,
+)
 
 
 def python_314_or_later(env: RunEnv) -> bool:

@@ -89,6 +89,15 @@ PostgreSQL 15, PgBouncer 1.18)
       prepares them on each server connection under its own names); not yet
       observed by this harness: the first run on a newer PgBouncer settles it.
 
+PgBouncer 1.24 and later (observed with PgBouncer 1.24.1 on the docker backend)
+    Every variant above that reproduces on 1.18 is CLEAN: from 1.24.0 on,
+    ``max_prepared_statements`` defaults to 200 (pgbouncer/pgbouncer#1144; 1.21-1.23
+    default to 0), so PgBouncer itself tracks
+    protocol-level prepared statements per client and prepares them on whichever
+    server connection the client gets. The failing expectations are therefore
+    rules: reproduces on PgBouncer < 1.24, clean from 1.24 on. Setting
+    ``max_prepared_statements = 0`` on a newer PgBouncer brings the failures back.
+
 Which fix works and why
     ``connect_args={"statement_cache_size": 0}`` with either pool: no named
     statement ever outlives its transaction. uuid names work only together with
@@ -121,6 +130,7 @@ from harness.scenario import (
     needs_pgbouncer,
     reproduces,
 )
+from scenarios.pgbouncer_rules import before_tracking_default
 
 DIRECT = StackSpec(pgbouncer=False)
 # 2 server connections for 4 worker processes: a server connection always serves
@@ -135,13 +145,14 @@ ASYNCPG_CACHE_OFF = {"connect_args": {"statement_cache_size": 0}}
 SQLALCHEMY_CACHE_OFF = {"url_query": {"prepared_statement_cache_size": "0"}}
 UUID_NAMES = {"uuid_statement_names": True}
 
-COLLISIONS_AND_MISSING = reproduces("prepared-statement-exists", "prepared-statement-missing")
-COLLISIONS_ONLY = reproduces(
+COLLISIONS_AND_MISSING = before_tracking_default(
+    reproduces("prepared-statement-exists", "prepared-statement-missing"))
+COLLISIONS_ONLY = before_tracking_default(reproduces(
     "prepared-statement-exists",
-    why="no statement is reused in a later transaction, so only name collisions can fail")
-MISSING_ONLY = reproduces(
+    why="no statement is reused in a later transaction, so only name collisions can fail"))
+MISSING_ONLY = before_tracking_default(reproduces(
     "prepared-statement-missing",
-    why="uuid names never collide; a cached statement reused on another server connection fails")
+    why="uuid names never collide; a cached statement reused on another server connection fails"))
 TRACKED = clean(why="PgBouncer >= 1.21 tracks named statements (its documentation); "
                     "not yet observed here")
 

@@ -1,0 +1,17 @@
+"""Expectation rules shared by the PgBouncer scenarios."""
+
+from harness.scenario import Expected, Rule, until_pgbouncer
+
+
+def before_tracking_default(failing: Expected) -> Rule:
+    """``failing`` on PgBouncer < 1.24, clean from 1.24 on.
+
+    PgBouncer 1.21 added ``max_prepared_statements`` (off by default); 1.24.0
+    turned it on by default (200; pgbouncer/pgbouncer#1144, changelog 1.24.0), so
+    from then on PgBouncer tracks protocol-level prepared statements per client and
+    prepares them on whichever server connection the client is given. Observed with
+    PgBouncer 1.24.1 on the docker backend.
+    """
+    return until_pgbouncer("1.24", failing, why=(
+        "PgBouncer >= 1.24 defaults to max_prepared_statements = 200 and tracks prepared "
+        "statements per client; before that: " + (failing.why or "see the docstring")))
