@@ -29,7 +29,9 @@ from scenarios.test_loop_bound_pool import SCENARIO
 
 FIXES = (  # name, driver, variant config, through PgBouncer
     ("nullpool-direct", "asyncpg", {"pool": "null"}, False),
-    ("nullpool-pgbouncer", "asyncpg", {"pool": "null"}, True),
+    # asyncpg behind PgBouncer < 1.24 needs its statement cache off (pgbouncer-prepared-asyncpg).
+    ("nullpool-pgbouncer", "asyncpg",
+     {"pool": "null", "connect_args": {"statement_cache_size": 0}}, True),
     ("default-pool-loop-per-process", "asyncpg", {"pool": "default", "loop": "per-process"}, False),
     ("psycopg-default-pool", "psycopg", {"pool": "default"}, False),
 )

@@ -100,13 +100,7 @@ class ManagedProcess:
         """
         try:
             if self.alive():
-                # The polite signal goes to the leader only: Celery and PostgreSQL stop
-                # their own children in order. Signalling the group would kill pool
-                # processes under Celery's feet (it then logs them as lost workers).
-                try:
-                    self.popen.send_signal(self.stop_signal)
-                except ProcessLookupError:
-                    pass
+                self._signal_group(self.stop_signal)
                 try:
                     self.popen.wait(timeout=grace_s)
                 except subprocess.TimeoutExpired:

@@ -1,8 +1,15 @@
 """The ``harness`` command.
 
-Responsibility: command-line entry points. Today: ``harness doctor``, which says
-what this machine has for the harness (binaries, versions, user, packages) and
-what to install when something is missing.
+Responsibility: command-line entry points and their arguments.
+
+    harness doctor                       what this machine has, what to install
+    harness matrix [axes] [-k EXPR]      build the environments, run, merge, compare
+    harness matrix plan --format github  the GitHub Actions include list of the plan
+    harness matrix merge PATH...         merge shards' results.json into one matrix
+    harness report FILE                  re-render matrix.md / matrix.html from a JSON
+    harness report diff OLD NEW          cells whose outcome changed; exit 1 if any
+
+What each matrix command does is in :mod:`harness.matrix.command`.
 """
 
 from __future__ import annotations
@@ -14,8 +21,12 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from harness import environment
+from harness.errors import HarnessError
+from harness.matrix import command
+from harness.matrix.axes import AXES
 from harness.services.base import POSTGRES_BIN_DIRS, SERVICE_USER
 
 # (binary, Debian package, version flag)
@@ -83,14 +94,118 @@ def doctor() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+def _axis_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("axes (each overrides that axis of matrix.toml)")
+    for axis in AXES:
+        group.add_argument(f"--{axis}", nargs="+", metavar="VERSION",
+                           help=f"{axis} versions: exact, X.Y.x (latest of a line) or latest"
+                           + ("; the first is the baseline's" if axis == "python" else ""))
+    parent.add_argument("--matrix-file", type=Path, metavar="FILE",
+                        help="the axes file (default: matrix.toml in the project root)")
+    parent.add_argument("--full", action="store_true",
+                        help="every combination (cross product) instead of the baseline plus "
+                             "one axis at a time; large: see matrix.toml")
+    return parent
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness", description="Celery prefork + async SQLAlchemy fault-reproduction "
+        "harness: check this machine, build and compare compatibility matrices.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="report binaries, versions and what is missing")
-    args = parser.parse_args(argv)
+    axes_parent = _axis_parent()
+    matrix = sub.add_parser(
+        "matrix", parents=[axes_parent], help="build, run and merge the compatibility matrix",
+        epilog="Arguments after -- go to pytest in every environment. Exit codes: 0 done, "
+               "1 a cell changed against --baseline, 2 bad input, 3 an environment failed.")
+    matrix.add_argument("-k", dest="keyword", metavar="EXPR",
+                        help="run only the scenario tests pytest -k EXPR selects")
+    matrix.add_argument("--only", nargs="+", default=(), metavar="ENV_ID",
+                        help="run only these environments of the plan (one CI shard)")
+    matrix.add_argument("--out", type=Path, default=Path("reports/matrix"),
+                        help="output folder (default: reports/matrix)")
+    matrix.add_argument("--cache-dir", type=Path, help="environment cache (default: "
+                        "$HARNESS_CACHE_DIR/envs or ~/.cache/celery-async-sa-harness/envs)")
+    matrix.add_argument("-n", "--workers", type=int, default=2,
+                        help="pytest-xdist processes per environment (default: 2)")
+    matrix.add_argument("--baseline", type=Path, metavar="FILE",
+                        help="a matrix.json or results.json to compare with; exit 1 when a "
+                             "cell's outcome changed")
+    matrix.add_argument("--env-timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="bound on one environment's scenario run (default: 3600)")
+    actions = matrix.add_subparsers(dest="action")
+    plan = actions.add_parser("plan", parents=[axes_parent], help="print the environments")
+    plan.add_argument("--format", choices=("text", "github"), default="text")
+    plan.add_argument("--check", action="store_true",
+                      help="resolve and check every version on the package index first")
+    merge = actions.add_parser("merge", help="merge results.json files or folders")
+    merge.add_argument("paths", nargs="+", type=Path)
+    merge.add_argument("--out", type=Path, default=Path("reports/matrix"))
+    merge.add_argument("--baseline", type=Path, metavar="FILE")
+    report = sub.add_parser(
+        "report", help="re-render Markdown/HTML from a results or matrix JSON, or diff two",
+        usage="harness report FILE [--out DIR]\n       harness report diff OLD NEW")
+    report.add_argument("paths", nargs="+", type=Path, metavar="FILE", help=argparse.SUPPRESS)
+    report.add_argument("--out", type=Path, help="folder for matrix.md and matrix.html "
+                        "(default: the folder of FILE)")
+    return parser
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The checkout to test: the nearest folder up from here with scenarios/ and pyproject.toml.
+
+    Raises:
+        HarnessError: run from outside a checkout of the project.
+    """
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "scenarios").is_dir() and (folder / "pyproject.toml").exists():
+            return folder
+    raise HarnessError(f"{here} is not inside a checkout of the harness (no folder above it "
+                       f"has scenarios/ and pyproject.toml). cd into the checkout first.")
+
+
+def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
+    root = project_root()
+    axes = {axis: getattr(args, axis, None) for axis in AXES}
+    if args.command == "report":
+        if str(args.paths[0]) == "diff":
+            if len(args.paths) != 3:
+                raise HarnessError("Usage: harness report diff OLD NEW (two JSON files: a "
+                                   "matrix.json or results.json each).")
+            return command.diff_command(args.paths[1], args.paths[2])
+        if len(args.paths) != 1:
+            raise HarnessError("Usage: harness report FILE: one results.json or matrix.json.")
+        return command.report_command(args.paths[0], args.out)
+    if args.action == "plan":
+        return command.plan_command(root, args.matrix_file, axes, args.full, args.format,
+                                    args.check)
+    if args.action == "merge":
+        return command.merge_command(args.paths, args.out, args.baseline)
+    pytest_args = (["-k", args.keyword] if args.keyword else []) + pytest_extra
+    return command.run_matrix(command.MatrixOptions(
+        project_root=root, matrix_file=args.matrix_file, axes=axes, full=args.full,
+        only=args.only, out=args.out, cache_dir=args.cache_dir, workers=args.workers,
+        pytest_args=pytest_args, baseline=args.baseline, env_timeout_s=args.env_timeout))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" belongs to pytest; argparse would read it as subcommands.
+    pytest_extra: list[str] = []
+    if "--" in args_in:
+        cut = args_in.index("--")
+        args_in, pytest_extra = args_in[:cut], args_in[cut + 1:]
+    args = _parser().parse_args(args_in)
     if args.command == "doctor":
         return doctor()
-    return 2  # argparse has already refused anything else
+    try:
+        return _run(args, pytest_extra)
+    except HarnessError as exc:
+        print(f"harness {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

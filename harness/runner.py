@@ -148,7 +148,7 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
             result = classify(calls, scenario.signatures)
             run.outcome, run.counts = result.outcome, result.counts
             run.first_error, run.other_errors = result.first_error, result.other_errors
-            run.log_findings = logscan.scan(log_path.read_text(errors="replace"))
+            run.log_findings = logscan.scan(worker.observed_log())
     except HarnessError as exc:
         run.reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. Redis refused: still a harness error

@@ -1,0 +1,190 @@
+"""Matrix axes and the plan: which environments a matrix run builds.
+
+Responsibility: read the axes (``matrix.toml`` or command-line options), and turn
+them into a list of :class:`Combination`, either the baseline plus one-axis-at-a-time
+variations (the default) or the full cross product. Version strings here are
+still what the user wrote; :mod:`harness.matrix.versions` resolves and checks them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None  # type: ignore[assignment]
+
+# Declared once, in the order they appear in environment ids and report columns.
+AXES = ("python", "sqlalchemy", "celery", "asyncpg", "psycopg")
+PACKAGE_AXES = AXES[1:]
+SHORT = {"python": "py", "sqlalchemy": "sa", "celery": "celery", "asyncpg": "asyncpg",
+         "psycopg": "psycopg"}
+# The extras the project's own dependencies ask for (pyproject.toml), so a pinned
+# install resolves the same optional packages as the project's .venv.
+REQUIREMENT = {"sqlalchemy": "sqlalchemy[asyncio]=={}", "celery": "celery[redis]=={}",
+               "asyncpg": "asyncpg=={}", "psycopg": "psycopg[binary]=={}"}
+ONE_AT_A_TIME = "one-at-a-time"
+PRODUCT = "product"
+MODES = (ONE_AT_A_TIME, PRODUCT)
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """The axes of a matrix; the first value of each axis is the baseline's.
+
+    Attributes:
+        axes: axis name -> versions as written (``"2.1.9"``, ``"2.0.x"``, ``"latest"``).
+        mode: ``one-at-a-time`` or ``product``.
+        source: where the axes came from, for error messages.
+    """
+
+    axes: dict[str, list[str]]
+    mode: str = ONE_AT_A_TIME
+    source: str = "options"
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One environment of the plan: one version per axis.
+
+    Attributes:
+        versions: axis name -> resolved version (python as ``major.minor``).
+        slot: ``baseline``, the axis this environment varies (``sqlalchemy``, or
+            ``sqlalchemy#2`` for that axis's third value), or ``product``.
+            Regression diffs pair environments by slot when versions moved.
+    """
+
+    versions: Mapping[str, str]
+    slot: str = BASELINE
+
+    @property
+    def id(self) -> str:
+        return env_id(self.versions)
+
+    def requirements(self) -> list[str]:
+        """Pinned requirement strings for the package axes."""
+        return [REQUIREMENT[axis].format(self.versions[axis]) for axis in PACKAGE_AXES]
+
+
+def python_minor(version: str) -> str:
+    """``3.11.7`` -> ``3.11``: environment ids name the Python line, not the patch."""
+    return ".".join(version.split(".")[:2])
+
+
+def env_id(versions: Mapping[str, str]) -> str:
+    """The stable name of an environment, e.g. ``py3.13-sa2.1.9-celery5.7.0-...``."""
+    parts = []
+    for axis in AXES:
+        value = versions.get(axis, "?")
+        parts.append(SHORT[axis] + (python_minor(value) if axis == "python" else value))
+    return "-".join(parts)
+
+
+def load_toml(path: Path) -> MatrixSpec:
+    """Read ``matrix.toml``: an ``[axes]`` table of version lists and an optional ``mode``.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or does not have that shape.
+    """
+    if tomllib is None:
+        raise ConfigError("Reading matrix.toml needs Python 3.11+ (tomllib) or the tomli "
+                          "package: run the harness on Python 3.11+, or pip install tomli.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"There is no matrix file at {path}. Create one (see the "
+                          f"project's matrix.toml) or give every axis as an option, "
+                          f"e.g. --python 3.11 --sqlalchemy 2.1.9 ...") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}. Fix the line it names.") from exc
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: Mapping[str, Any], source: str) -> MatrixSpec:
+    """Check the shape of a parsed matrix file and build a :class:`MatrixSpec`."""
+    unknown = set(data) - {"mode", "axes"}
+    if unknown:
+        raise ConfigError(f"{source} has unknown top-level keys {sorted(unknown)}; "
+                          f"only 'mode' and an [axes] table are read.")
+    mode = data.get("mode", ONE_AT_A_TIME)
+    if mode not in MODES:
+        raise ConfigError(f"{source}: mode is {mode!r}; use one of {', '.join(MODES)}.")
+    axes = data.get("axes")
+    if not isinstance(axes, dict):
+        raise ConfigError(f"{source} has no [axes] table. Add one with a list of versions "
+                          f"for each of: {', '.join(AXES)}.")
+    checked: dict[str, list[str]] = {}
+    for name, values in axes.items():
+        if name not in AXES:
+            raise ConfigError(f"{source}: unknown axis {name!r}; the axes are "
+                              f"{', '.join(AXES)}.")
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, str) and v.strip() for v in values)):
+            raise ConfigError(f"{source}: axis {name!r} must be a non-empty list of version "
+                              f"strings, like {name} = [\"1.2.3\"]; it is {values!r}.")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{source}: axis {name!r} lists a version twice: {values}.")
+        checked[name] = [v.strip() for v in values]
+    return MatrixSpec(axes=checked, mode=mode, source=source)
+
+
+def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | None],
+                 full: bool) -> MatrixSpec:
+    """Override axes of ``spec`` (None: no file) with the ones given as options.
+
+    Raises:
+        ConfigError: an axis has values neither in the file nor in the options.
+    """
+    axes = dict(spec.axes) if spec else {}
+    given = {k: list(v) for k, v in options.items() if v}
+    axes.update(given)
+    missing = [axis for axis in AXES if axis not in axes]
+    if missing:
+        where = f"{spec.source}" if spec else "the options (no matrix file was read)"
+        raise ConfigError(f"No versions for {', '.join(missing)} in {where}. Give them as "
+                          f"options ({' '.join('--' + m + ' X.Y.Z' for m in missing)}) or "
+                          f"in the [axes] table of matrix.toml.")
+    mode = PRODUCT if full else (spec.mode if spec else ONE_AT_A_TIME)
+    source = spec.source + (" + options" if given else "") if spec else "options"
+    return MatrixSpec(axes={a: axes[a] for a in AXES}, mode=mode, source=source)
+
+
+def plan(spec: MatrixSpec) -> list[Combination]:
+    """The environments to build, baseline first.
+
+    One-at-a-time keeps a 2-core machine's matrix to ``1 + sum(len(axis) - 1)``
+    environments instead of the product of all axis lengths, and still answers
+    "which version moves this cell", because each variation differs from the
+    baseline in exactly one axis.
+    """
+    baseline = {axis: spec.axes[axis][0] for axis in AXES}
+    if spec.mode == PRODUCT:
+        combos = [Combination(dict(zip(AXES, values)), PRODUCT)
+                  for values in itertools.product(*(spec.axes[a] for a in AXES))]
+        # The baseline keeps its slot name so diffs pair it with a one-at-a-time run.
+        return [Combination(c.versions, BASELINE) if dict(c.versions) == baseline else c
+                for c in combos]
+    combos = [Combination(baseline, BASELINE)]
+    for axis in AXES:
+        for index, value in enumerate(spec.axes[axis][1:], start=1):
+            slot = axis if index == 1 else f"{axis}#{index}"
+            combos.append(Combination({**baseline, axis: value}, slot))
+    return combos
+
+
+def github_include(combos: Sequence[Combination]) -> dict[str, list[dict[str, str]]]:
+    """The ``strategy.matrix`` value of a GitHub Actions job: one entry per environment."""
+    return {"include": [{"id": c.id, "slot": c.slot, **{a: c.versions[a] for a in AXES}}
+                        for c in combos]}

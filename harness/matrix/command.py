@@ -1,0 +1,219 @@
+"""What ``harness matrix``, ``harness matrix plan|merge`` and ``harness report`` do.
+
+Responsibility: the order of the steps. Everything that can be checked without
+building is checked first (axes, every version on the index, interpreters, the
+baseline file, the pytest selection), then environments are built one at a time
+(the machine is shared; a build uses the network and one core), then each runs
+its scenarios with xdist, then one merge writes the three outputs.
+
+Exit codes: 0 done; 1 a cell changed against the baseline; 2 bad input (nothing
+was built); 3 an environment could not be built or run (the others are merged).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import results as results_file
+from harness.errors import ConfigError
+from harness.matrix import axes, diff, environments, merge, render_html, render_md, table, versions
+from harness.matrix.run import Progress, run_env
+
+EXIT_CHANGED, EXIT_ENV_FAILED = 1, 3
+COLLECT_TIMEOUT_S = 180
+
+
+@dataclass
+class MatrixOptions:
+    """Everything ``harness matrix`` was asked, after argument parsing."""
+
+    project_root: Path
+    matrix_file: Path | None
+    axes: Mapping[str, Sequence[str] | None]
+    full: bool = False
+    only: Sequence[str] = ()
+    out: Path = Path("reports/matrix")
+    cache_dir: Path | None = None
+    workers: int = 2
+    pytest_args: Sequence[str] = field(default_factory=list)
+    baseline: Path | None = None
+    env_timeout_s: float = 3600.0
+
+
+def say(message: str) -> None:
+    print(f"[matrix] {message}", file=sys.stderr, flush=True)
+
+
+def load_spec(project_root: Path, matrix_file: Path | None,
+              options: Mapping[str, Sequence[str] | None], full: bool) -> axes.MatrixSpec:
+    """Axes from the matrix file (explicit, else ./matrix.toml if present) and options."""
+    path = matrix_file or project_root / "matrix.toml"
+    spec = axes.load_toml(path) if (matrix_file or path.exists()) else None
+    return axes.with_options(spec, options, full)
+
+
+def planned(spec: axes.MatrixSpec, only: Sequence[str] = ()) -> list[axes.Combination]:
+    combos = axes.plan(spec)
+    if only:
+        unknown = [o for o in only if o not in {c.id for c in combos}]
+        if unknown:
+            raise ConfigError(f"--only names {', '.join(unknown)}, which is not in the plan. "
+                              f"The plan has: {', '.join(c.id for c in combos)}.")
+        combos = [c for c in combos if c.id in only]
+    return combos
+
+
+def check_selection(project_root: Path, pytest_args: Sequence[str]) -> int:
+    """How many scenario tests the pytest arguments select (collected in this venv).
+
+    Raises:
+        ConfigError: nothing is selected, or pytest refuses the arguments.
+    """
+    argv = [sys.executable, "-m", "pytest", "scenarios/", "--collect-only", "-q",
+            "-p", "no:cacheprovider", *pytest_args]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, cwd=project_root,
+                             timeout=COLLECT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ConfigError(f"Collecting the scenarios took more than {COLLECT_TIMEOUT_S} s "
+                          f"({' '.join(argv[2:])}); run that command to see why.") from exc
+    selected = sum(1 for line in out.stdout.splitlines() if "::" in line)
+    if out.returncode == 5 or (out.returncode == 0 and selected == 0):
+        raise ConfigError(f"No scenario test matches the pytest arguments "
+                          f"{' '.join(pytest_args) or '(none)'}. List the scenarios with "
+                          f"'pytest scenarios/ --collect-only -q' and pick a -k expression "
+                          f"that selects some, e.g. -k loop_bound_pool.")
+    if out.returncode != 0:
+        tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-10:])
+        raise ConfigError(f"pytest refused the arguments {' '.join(pytest_args)} while "
+                          f"collecting the scenarios (exit {out.returncode}):\n{tail}")
+    return selected
+
+
+def write_outputs(matrix: Mapping[str, Any], out: Path, json_too: bool = True) -> list[Path]:
+    """matrix.json (unless re-rendering), matrix.md and matrix.html in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if json_too:
+        written.append(out / "matrix.json")
+        written[-1].write_text(json.dumps(matrix, indent=1) + "\n")
+    written.append(out / "matrix.md")
+    written[-1].write_text(render_md.render(matrix))
+    written.append(out / "matrix.html")
+    written[-1].write_text(render_html.render(matrix))
+    return written
+
+
+def _compare_with_baseline(matrix: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> int:
+    if baseline is None:
+        return 0
+    found = diff.compare(baseline, matrix)
+    print(diff.render(found))
+    return EXIT_CHANGED if found.changes else 0
+
+
+def _summary(matrix: Mapping[str, Any], written: Sequence[Path]) -> None:
+    names = dict(zip((e["id"] for e in matrix["environments"]), table.short_names(matrix)))
+    for eid, name in names.items():
+        print(f"{name} = {eid}")
+    moving = [r for r in table.rows(matrix) if r.differs]
+    print(f"{len(moving)} row(s) differ between environments" + (":" if moving else "."))
+    for r in moving:
+        cells = ", ".join(f"{n} {table.cell_text(c)}" for n, c in zip(names.values(), r.cells))
+        print(f"  {r.scenario} / {r.variant} / {r.driver}: {cells}")
+    for v in matrix["verdicts"]:
+        if v["overall"] == merge.DEPENDS:
+            print(f"  claim {v['scenario']} [{v['driver']}] depends on version")
+    for path in written:
+        print(f"wrote {path}")
+
+
+def run_matrix(opts: MatrixOptions) -> int:
+    """``harness matrix``: check, build, run, merge, compare."""
+    spec = load_spec(opts.project_root, opts.matrix_file, opts.axes, opts.full)
+    baseline = merge.load_any(opts.baseline) if opts.baseline else None
+    say(f"checking the versions of {spec.source} on the package index")
+    spec = versions.resolve_spec(spec)
+    pythons = versions.find_pythons(spec)
+    combos = planned(spec, opts.only)
+    tests = check_selection(opts.project_root, opts.pytest_args)
+    say(f"{len(combos)} environments ({spec.mode}), {tests} scenario tests each:")
+    for c in combos:
+        say(f"  {c.slot:<12} {c.id}  (python {pythons[c.versions['python']].version})")
+    progress = Progress(len(combos), tests)
+    out = opts.out.resolve()
+    failed: list[str] = []
+    built = []
+    for combo in combos:  # one build at a time: the machine is shared
+        try:
+            env = environments.build(
+                combo, pythons[combo.versions["python"]], opts.project_root,
+                root=opts.cache_dir, log_path=out / "logs" / f"{combo.id}.build.log")
+        except environments.EnvBuildError as exc:
+            failed.append(f"{combo.id}: {exc}")
+            progress.say(f"environment {combo.id} could not be built: {exc}")
+            continue
+        progress.env_built(env)
+        built.append(env)
+    documents = []
+    for env in built:
+        run = run_env(env, opts.project_root, out / "runs", out / "logs" / f"{env.combo.id}"
+                      ".pytest.log", workers=opts.workers, pytest_args=opts.pytest_args,
+                      progress=progress, timeout_s=opts.env_timeout_s)
+        progress.env_ran(run)
+        if run.error:
+            failed.append(f"{env.combo.id}: {run.error}")
+        if run.results:
+            documents.append((results_file.load(run.results),
+                              merge.read_sidecar(run.results), str(run.results)))
+    code = 0
+    if documents:  # what the other environments found is still worth merging
+        matrix = merge.merge(documents)
+        _summary(matrix, write_outputs(matrix, out))
+        code = _compare_with_baseline(matrix, baseline)
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return EXIT_ENV_FAILED if failed else code
+
+
+def plan_command(project_root: Path, matrix_file: Path | None,
+                 options: Mapping[str, Sequence[str] | None], full: bool, fmt: str,
+                 check: bool) -> int:
+    """``harness matrix plan``: the environments, as text or a GitHub Actions include list."""
+    spec = load_spec(project_root, matrix_file, options, full)
+    if check:  # CI's plan job checks versions once, before any runner starts
+        spec = versions.resolve_spec(spec)
+    combos = planned(spec)
+    if fmt == "github":
+        print(json.dumps(axes.github_include(combos), separators=(",", ":")))
+    else:
+        for c in combos:
+            print(f"{c.slot:<12} {c.id}")
+    return 0
+
+
+def merge_command(paths: Sequence[Path], out: Path, baseline: Path | None) -> int:
+    """``harness matrix merge``: results from shards (files or folders) into one matrix."""
+    old = merge.load_any(baseline) if baseline else None
+    matrix = merge.merge_paths(paths)
+    _summary(matrix, write_outputs(matrix, out))
+    return _compare_with_baseline(matrix, old)
+
+
+def report_command(path: Path, out: Path | None) -> int:
+    """``harness report FILE``: re-render matrix.md and matrix.html from any results JSON."""
+    matrix = merge.load_any(path)
+    for written in write_outputs(matrix, out or path.parent, json_too=False):
+        print(f"wrote {written}")
+    return 0
+
+
+def diff_command(old: Path, new: Path) -> int:
+    """``harness report diff OLD NEW``: exit 1 when any cell changed outcome."""
+    return _compare_with_baseline(merge.load_any(new), merge.load_any(old))

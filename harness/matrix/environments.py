@@ -1,0 +1,207 @@
+"""Build one isolated, cached virtual environment per matrix combination.
+
+Responsibility: given a :class:`Combination` and its interpreter, return a
+virtualenv that has exactly those pinned versions and the project installed,
+reusing the one built last time when nothing that decides its contents changed.
+
+Why an editable install: the environment pins third-party versions; the harness
+and the scenarios under test are always this working tree. So editing a scenario
+never needs a rebuild, and the cache key is only what decides the installed
+packages (interpreter, pins, pyproject.toml, project folder, installer).
+
+Installer: uv when it is installed (seconds per environment, a shared wheel
+cache), else ``python -m venv`` + pip. uv does not read pip's configuration, so
+the index URL, extra indexes, find-links and CA file of ``pip config list`` are
+handed to it as its own settings: both installers see the same index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import _process
+from harness.errors import HarnessError
+from harness.matrix.axes import PACKAGE_AXES, Combination
+from harness.matrix.versions import Interpreter
+
+STAMP = ".harness-env.json"
+BUILD_TIMEOUT_S = 900
+# The distribution that carries each package axis (psycopg[binary] adds psycopg-binary).
+DISTRIBUTION = {"sqlalchemy": "sqlalchemy", "celery": "celery", "asyncpg": "asyncpg",
+                "psycopg": "psycopg"}
+
+
+class EnvBuildError(HarnessError):
+    """An environment could not be created or did not get the pinned versions."""
+
+
+@dataclass(frozen=True)
+class BuiltEnv:
+    """A ready environment: its folder, its interpreter, and how it was obtained."""
+
+    combo: Combination
+    path: Path
+    reused: bool
+    seconds: float
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+
+def cache_root() -> Path:
+    """``$HARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME`` or ~/.cache, + the project's folder."""
+    if os.environ.get("HARNESS_CACHE_DIR"):
+        return Path(os.environ["HARNESS_CACHE_DIR"]) / "envs"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "celery-async-sa-harness" / "envs"
+
+
+def find_uv() -> str | None:
+    """uv on PATH or next to this interpreter (``pip install uv`` into .venv)."""
+    beside = Path(sys.executable).parent / "uv"
+    return str(beside) if beside.exists() else shutil.which("uv")
+
+
+def env_key(combo: Combination, interpreter: Interpreter, project_root: Path,
+            installer: str) -> str:
+    """Folder name: readable id plus a hash of everything that decides the contents."""
+    facts = {"requirements": combo.requirements(), "python": str(interpreter.path),
+             "python_version": interpreter.version, "project": str(project_root.resolve()),
+             "pyproject": hashlib.sha256((project_root / "pyproject.toml").read_bytes())
+             .hexdigest(), "installer": installer}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{combo.id}-{digest}"
+
+
+def run_bounded(argv: Sequence[str], log_path: Path, *, timeout_s: float, what: str,
+                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+    """Run a command to completion within ``timeout_s``; raise with the log tail if not.
+
+    Raises:
+        EnvBuildError: it timed out (the process group is killed) or exited non-zero.
+    """
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {' '.join(argv)}\n".encode())
+    proc = _process.ManagedProcess(argv, log_path, env=env, cwd=cwd)
+    finished = _process.wait_for(lambda: not proc.alive(), timeout_s=timeout_s,
+                                 interval_s=0.2)
+    code = proc.popen.returncode if finished else None
+    proc.stop(grace_s=5)
+    if not finished:
+        raise EnvBuildError(f"Timed out after {timeout_s:.0f} s waiting for {what} "
+                            f"({' '.join(argv[:4])} ...). Last lines of {log_path}:\n"
+                            f"{_process.tail(log_path, 25)}")
+    if code != 0:
+        raise EnvBuildError(f"{what} failed (exit {code}). Last lines of {log_path}:\n"
+                            f"{_process.tail(log_path, 25)}\nIf a pinned version has no "
+                            f"build for this Python, drop that version or that Python.")
+
+
+def _pip_settings() -> dict[str, str]:
+    """pip's effective configuration as ``{'index-url': ..., ...}`` (last value wins)."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                             capture_output=True, text=True, timeout=30, check=False).stdout
+    except subprocess.TimeoutExpired:
+        return {}
+    found: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        found[key.rsplit(".", 1)[-1]] = value.strip().strip("'\"")
+    for key in ("index-url", "extra-index-url", "find-links", "cert"):
+        if os.environ.get("PIP_" + key.upper().replace("-", "_")):
+            found[key] = os.environ["PIP_" + key.upper().replace("-", "_")]
+    return found
+
+
+def uv_environment() -> dict[str, str]:
+    """This process's environment plus uv settings that mirror pip's configuration."""
+    pip = _pip_settings()
+    env = dict(os.environ)
+    mapping = {"index-url": "UV_DEFAULT_INDEX", "extra-index-url": "UV_INDEX",
+               "find-links": "UV_FIND_LINKS", "cert": "SSL_CERT_FILE"}
+    for key, variable in mapping.items():
+        if not pip.get(key) or variable in env:
+            continue
+        # uv refuses local (file://) locations that do not exist; pip only warns.
+        values = [v for v in pip[key].split() if not v.startswith("file://")
+                  or Path(v[7:]).exists()]
+        if values:
+            env[variable] = ("," if key == "find-links" else " ").join(values)
+    if "UV_INDEX" in env and "UV_INDEX_STRATEGY" not in env:
+        # pip picks the best version across all indexes; uv by default takes every
+        # version of a package from the first index that has it, so a partial
+        # extra index would hide the pinned release. Behave like pip.
+        env["UV_INDEX_STRATEGY"] = "unsafe-best-match"
+    return env
+
+
+def _check_versions(combo: Combination, python: Path, log_path: Path) -> dict[str, str]:
+    """Ask the new environment which versions it really has; they must be the pins."""
+    code = ("import json, importlib.metadata as m; print(json.dumps({n: m.version(n) "
+            f"for n in {[DISTRIBUTION[a] for a in PACKAGE_AXES]!r}}}))")
+    try:
+        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                             timeout=60, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise EnvBuildError(f"The new environment's python ({python}) did not answer within "
+                            f"60 s when asked for its package versions.") from exc
+    if out.returncode != 0:
+        raise EnvBuildError(f"The new environment at {python.parent.parent} cannot import "
+                            f"its packages:\n{out.stderr[-1500:]}\nSee {log_path}.")
+    have = json.loads(out.stdout)
+    wrong = {a: have.get(DISTRIBUTION[a]) for a in PACKAGE_AXES
+             if have.get(DISTRIBUTION[a]) != combo.versions[a]}
+    if wrong:
+        raise EnvBuildError(f"The environment for {combo.id} got {wrong} instead of the "
+                            f"pinned versions. See {log_path}.")
+    return have
+
+
+def build(combo: Combination, interpreter: Interpreter, project_root: Path, *,
+          root: Path | None = None, log_path: Path, timeout_s: float = BUILD_TIMEOUT_S
+          ) -> BuiltEnv:
+    """Return the environment for ``combo``, building it only when it is not cached."""
+    started = time.monotonic()
+    uv = find_uv()
+    installer = "uv" if uv else "pip"
+    path = (root or cache_root()) / env_key(combo, interpreter, project_root, installer)
+    stamp = path / STAMP
+    if stamp.exists() and (path / "bin" / "python").exists():
+        return BuiltEnv(combo, path, reused=True, seconds=time.monotonic() - started)
+    # No stamp means a build that never finished: start that folder again from nothing.
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    python = path / "bin" / "python"
+    what = f"the environment {combo.id}"
+    packages = ["-e", str(project_root), *combo.requirements()]
+    if uv:
+        env = uv_environment()
+        run_bounded([uv, "venv", "--quiet", "--python", str(interpreter.path), str(path)],
+                    log_path, timeout_s=120, what=f"uv to create {what}", env=env)
+        # Compile bytecode now, so the first scenario run does not pay for it in
+        # every worker's start time (and in its timeouts).
+        run_bounded([uv, "pip", "install", "--compile-bytecode", "--python", str(python),
+                     *packages], log_path, timeout_s=timeout_s,
+                    what=f"uv to install the pinned packages into {what}", env=env)
+    else:
+        run_bounded([str(interpreter.path), "-m", "venv", str(path)], log_path,
+                    timeout_s=120, what=f"venv to create {what}")
+        run_bounded([str(python), "-m", "pip", "install", "--quiet", *packages], log_path,
+                    timeout_s=timeout_s, what=f"pip to install the pinned packages into {what}")
+    have = _check_versions(combo, python, log_path)
+    stamp.write_text(json.dumps({"id": combo.id, "installer": installer, "packages": have,
+                                 "python": interpreter.version,
+                                 "built": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    return BuiltEnv(combo, path, reused=False, seconds=time.monotonic() - started)

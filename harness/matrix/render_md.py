@@ -1,0 +1,74 @@
+"""matrix.md: the matrix for terminals and pull requests.
+
+Responsibility: render a matrix document as GitHub-flavoured Markdown: a legend
+of environments, then per scenario the article's claim, its verdict per driver,
+and a table with one row per variant x driver and one column per environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from harness.matrix import table
+from harness.matrix.merge import DEPENDS
+
+
+def _esc(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _legend(matrix: Mapping[str, Any]) -> list[str]:
+    names = table.short_names(matrix)
+    changed = table.changed_axes(matrix)
+    heads = ["env", "slot", *table.AXIS_LABELS.values(), *table.SERVICE_LABELS.values()]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for name, env, moved in zip(names, matrix["environments"], changed):
+        versions = table.env_versions(env)
+        cells = [f"**{v}**" if axis in moved else v for axis, v in versions.items()]
+        services = table.env_services(env)
+        cells += [services.get(label, "-") for label in table.SERVICE_LABELS.values()]
+        lines.append(f"| {name} | {env.get('slot', '')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _verdict_lines(verdict: Mapping[str, Any], names: dict[str, str]) -> list[str]:
+    head = f"- {verdict['driver']}: **{verdict['overall']}**"
+    by_env = verdict["by_env"]
+    if verdict["overall"] == DEPENDS:
+        parts = [f"{names[e]} {v['verdict']}" for e, v in by_env.items()]
+        return [head + " (" + "; ".join(parts) + ")"]
+    details = sorted({v["detail"] for v in by_env.values()})
+    return [head + (f": {_esc(details[0])}" if len(details) == 1 else "")]
+
+
+def render(matrix: Mapping[str, Any]) -> str:
+    """The whole matrix.md text."""
+    names = dict(zip((e["id"] for e in matrix["environments"]), table.short_names(matrix)))
+    rows = table.rows(matrix)
+    differ = sum(r.differs for r in rows)
+    moved = sum(1 for r in rows for c in r.cells if c is not None and c.get("passed") is False)
+    intro = (f"{len(matrix['environments'])} environments, {len(rows)} rows (scenario x "
+             f"variant x driver). {differ} rows differ between environments; {moved} cells are "
+             f"not the scenario's expectation, marked (!). Bold versions differ from E1. A cell "
+             f"reads OUTCOME ok/total.")
+    lines = ["# Compatibility matrix", "", intro, "", *_legend(matrix), ""]
+    verdicts = table.verdict_index(matrix)
+    for scenario in sorted({r.scenario for r in rows}):
+        lines += [f"## {scenario}", ""]
+        claims = [v for (s, _), v in sorted(verdicts.items()) if s == scenario]
+        if claims:
+            claim = claims[0]["claim"]
+            lines.append(f"The article: \"{_esc(claim.get('error', ''))}\"; fix: "
+                         f"\"{_esc(claim.get('fix', ''))}\". Verdict:")
+            for v in claims:
+                lines += _verdict_lines(v, names)
+            lines.append("")
+        heads = ["variant", "driver", "role", *names.values(), "differs"]
+        lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for r in (r for r in rows if r.scenario == scenario):
+            cells = [table.cell_text(c) for c in r.cells]
+            lines.append(f"| {r.variant} | {r.driver} | {r.role} | " + " | ".join(cells)
+                         + f" | {'yes' if r.differs else ''} |")
+        lines.append("")
+    return "\n".join(lines)

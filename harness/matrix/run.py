@@ -1,0 +1,185 @@
+"""Run ``pytest scenarios/`` in one built environment, and report progress while it runs.
+
+Responsibility: one environment's scenario run, bounded in time, its console
+output kept in a log, its ``results.json`` located, plus :class:`Progress`, the
+one place that prints what the matrix is doing and how long is left.
+
+A test that fails inside an environment is a cell that moved: that is data for
+the matrix, not an error. Only a run that wrote no results.json is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from harness import _process
+from harness.matrix.environments import BuiltEnv
+
+RUN_TIMEOUT_S = 3600
+SIDECAR = "matrix-env.json"
+# One finished test in pytest -v output: xdist prints "[gw0] [ 40%] PASSED nodeid",
+# plain pytest "nodeid PASSED [ 40%]".
+_DONE = re.compile(r"(::\S*\s+|\]\s)(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+_FAILED = re.compile(r"(::\S*\s+|\]\s)(FAILED|ERROR)\b")
+
+
+@dataclass
+class EnvRun:
+    """What one environment's scenario run left behind."""
+
+    built: BuiltEnv
+    log: Path
+    exit_code: int | None
+    seconds: float
+    tests_done: int
+    moved: int
+    results: Path | None = None
+    error: str | None = None
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """Prints one line per step and a heartbeat while scenarios run, with time left.
+
+    The estimate assumes every environment takes about as long per test as the
+    ones measured so far, and every unbuilt environment as long to build as the
+    ones built so far (a cached one counts as built in no time).
+    """
+
+    def __init__(self, envs: int, tests_per_env: int, stream: TextIO = sys.stderr,
+                 every_s: float = 15.0) -> None:
+        self.envs = envs
+        self.tests_per_env = max(tests_per_env, 1)
+        self.stream = stream
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self.built = 0
+        self.build_s: list[float] = []
+        self.ran = 0
+        self.test_s = 0.0
+        self.tests_done = 0
+        self._last = 0.0
+
+    def say(self, message: str) -> None:
+        print(f"[matrix {_fmt(time.monotonic() - self.started)}] {message}",
+              file=self.stream, flush=True)
+
+    def env_built(self, built: BuiltEnv) -> None:
+        self.built += 1
+        if not built.reused:
+            self.build_s.append(built.seconds)
+        how = "reused from cache" if built.reused else f"built in {_fmt(built.seconds)}"
+        self.say(f"environment {self.built}/{self.envs} {built.combo.id}: {how}")
+
+    def left_s(self, done_now: int = 0, elapsed_now: float = 0.0) -> float | None:
+        """Seconds left, or None before the first test has finished."""
+        done = self.tests_done + done_now
+        if done == 0:
+            return None
+        per_test = (self.test_s + elapsed_now) / done
+        build_each = sum(self.build_s) / len(self.build_s) if self.build_s else 0.0
+        tests_left = max(self.envs * self.tests_per_env - done, 0)
+        return (self.envs - self.built) * build_each + tests_left * per_test
+
+    def _left(self, done_now: int = 0, elapsed_now: float = 0.0) -> str:
+        left = self.left_s(done_now, elapsed_now)
+        return f"; about {_fmt(left)} left" if left is not None else ""
+
+    def heartbeat(self, combo_id: str, done: int, moved: int, elapsed: float) -> None:
+        """A line every ``every_s`` seconds while one environment's scenarios run."""
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        self.say(f"running {self.ran + 1}/{self.envs} {combo_id}: {done}/"
+                 f"{self.tests_per_env} scenario tests done, {moved} moved"
+                 f"{self._left(done, elapsed)}")
+
+    def env_ran(self, run: EnvRun) -> None:
+        self.ran += 1
+        self.tests_done += run.tests_done
+        # The checkout may hold more scenarios than were collected at the start.
+        self.tests_per_env = max(self.tests_per_env, run.tests_done)
+        self.test_s += run.seconds
+        state = run.error or (f"{run.tests_done} tests, {run.moved} cells moved from their "
+                              f"expectation")
+        self.say(f"ran {self.ran}/{self.envs} {run.built.combo.id} in {_fmt(run.seconds)}: "
+                 f"{state}{self._left()}")
+
+
+def _count(log: Path) -> tuple[int, int]:
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return 0, 0
+    return len(_DONE.findall(text)), len(_FAILED.findall(text))
+
+
+def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
+            workers: int, pytest_args: Sequence[str], progress: Progress,
+            timeout_s: float = RUN_TIMEOUT_S) -> EnvRun:
+    """Run the scenarios in ``built``; results go to ``runs_dir/<env id>/<run id>/``."""
+    results_dir = runs_dir / built.combo.id
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    argv = [str(built.python), "-m", "pytest", "scenarios/", "-v", "-p", "no:cacheprovider",
+            "--results-dir", str(results_dir), *(["-n", str(workers)] if workers > 1 else []),
+            *pytest_args]
+    before = _latest(results_dir)
+    started = time.monotonic()
+    # As if the environment were activated: nothing the run starts by name can come
+    # from the virtualenv the harness itself runs in.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+    env["VIRTUAL_ENV"] = str(built.path)
+    env["PATH"] = os.pathsep.join([str(built.path / "bin"), env.get("PATH", "")])
+    proc = _process.ManagedProcess(argv, log, env=env, cwd=project_root)
+    timed_out = False
+    while proc.alive():
+        elapsed = time.monotonic() - started
+        if elapsed > timeout_s:
+            timed_out = True
+            break
+        done, failed = _count(log)
+        progress.heartbeat(built.combo.id, done, failed, elapsed)
+        time.sleep(1.0)
+    code = None if timed_out else proc.popen.returncode
+    proc.stop(grace_s=20)  # SIGTERM first: the plugin then stops its services
+    done, failed = _count(log)
+    run = EnvRun(built, log, code, time.monotonic() - started, done, failed)
+    after = _latest(results_dir)
+    if timed_out:
+        run.error = (f"the scenario run did not finish within {timeout_s:.0f} s and was "
+                     f"stopped; last lines of {log}:\n{_process.tail(log, 20)}")
+    elif after is None or after == before:
+        run.error = (f"pytest exited {code} without writing results.json; last lines of "
+                     f"{log}:\n{_process.tail(log, 20)}")
+    if after is not None and after != before:
+        run.results = after
+        # The final counts come from results.json, not from the console log.
+        rows = json.loads(after.read_text()).get("results", [])
+        run.tests_done = len(rows)
+        run.moved = sum(1 for r in rows if r.get("passed") is False)
+        (after.parent / SIDECAR).write_text(json.dumps(
+            {"id": built.combo.id, "slot": built.combo.slot,
+             "axes": dict(built.combo.versions), "env_path": str(built.path),
+             "pytest_exit": code, "pytest_args": list(pytest_args)}, indent=1) + "\n")
+    return run
+
+
+def _latest(results_dir: Path) -> Path | None:
+    """The results.json that ``latest`` points at, resolved (None before the first run)."""
+    path = results_dir / "latest" / "results.json"
+    return path.resolve() if path.exists() else None

@@ -1,0 +1,109 @@
+"""The matrix as rows and columns, shared by the Markdown and the HTML renderers.
+
+Responsibility: one row per scenario x variant x driver, one column per
+environment, the facts each renderer shows (short cell text, which rows differ
+between environments, which cells moved from their expectation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from harness.matrix.axes import AXES
+
+# Column headings for the environment legend (axis -> label); services follow.
+AXIS_LABELS = {"python": "Python", "sqlalchemy": "SQLAlchemy", "celery": "Celery",
+               "asyncpg": "asyncpg", "psycopg": "psycopg"}
+SERVICE_LABELS = {"postgres": "PostgreSQL", "pgbouncer": "PgBouncer", "redis": "Redis"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scenario x variant x driver across environments (None: not run there)."""
+
+    scenario: str
+    variant: str
+    driver: str
+    role: str
+    cells: tuple[Mapping[str, Any] | None, ...]
+
+    @property
+    def differs(self) -> bool:
+        """True when the cell's outcome is not the same in every environment that ran it."""
+        return len({c["outcome"] for c in self.cells if c is not None}) > 1
+
+    @property
+    def outcomes(self) -> list[str]:
+        return sorted({c["outcome"] for c in self.cells if c is not None})
+
+
+def env_versions(env: Mapping[str, Any]) -> dict[str, str]:
+    """Axis -> version of one matrix environment (python in full)."""
+    packages = env.get("packages", {})
+    return {"python": env.get("python", "?"),
+            **{axis: packages.get(axis, "?") for axis in AXES[1:]}}
+
+
+def env_services(env: Mapping[str, Any]) -> dict[str, str]:
+    services = env.get("services", {})
+    return {label: services[key] for key, label in SERVICE_LABELS.items() if key in services}
+
+
+def short_names(matrix: Mapping[str, Any]) -> list[str]:
+    """``E1``, ``E2``...: column names narrow enough for a terminal."""
+    return [f"E{i}" for i in range(1, len(matrix["environments"]) + 1)]
+
+
+def changed_axes(matrix: Mapping[str, Any]) -> list[set[str]]:
+    """Per environment, the axes whose version differs from the first environment's."""
+    envs = matrix["environments"]
+    if not envs:
+        return []
+    first = env_versions(envs[0])
+    return [{a for a, v in env_versions(e).items() if v != first[a]} for e in envs]
+
+
+def rows(matrix: Mapping[str, Any]) -> list[Row]:
+    """Every row, sorted by scenario, variant, driver."""
+    ids = [e["id"] for e in matrix["environments"]]
+    grouped: dict[tuple[str, str, str], dict[str, Mapping[str, Any]]] = {}
+    for r in matrix["results"]:
+        grouped.setdefault((r["scenario"], r["variant"], r["driver"]), {})[r["env"]] = r
+    out = []
+    for key in sorted(grouped):
+        by_env = grouped[key]
+        role = next(iter(by_env.values())).get("role", "")
+        out.append(Row(*key, role=role, cells=tuple(by_env.get(i) for i in ids)))
+    return out
+
+
+def counts(cell: Mapping[str, Any]) -> str:
+    """``ok 2/12, asyncpg-another-operation 8, future-other-loop 2``: a cell's counts."""
+    t = cell.get("tasks", {})
+    parts = [f"ok {t.get('ok', 0)}/{t.get('total', 0)}"]
+    parts += [f"{k} {v}" for k, v in t.get("by_signature", {}).items()]
+    parts += [f"{k} {t[k]}" for k in ("hung", "wrong", "other") if t.get(k)]
+    return ", ".join(parts)
+
+
+def cell_text(cell: Mapping[str, Any] | None) -> str:
+    """Short text of a cell: ``REPRODUCED 2/12``, ``CLEAN 12/12``, ``N/A``, ``-``.
+
+    A trailing ``(!)`` marks a cell whose outcome is not the scenario's expectation:
+    a cell that moved in this environment.
+    """
+    if cell is None:
+        return "-"
+    t = cell.get("tasks", {})
+    text = cell["outcome"]
+    if cell["outcome"] not in ("N/A", "HARNESS_ERROR") and t.get("total"):
+        text += f" {t.get('ok', 0)}/{t['total']}"
+    if cell.get("passed") is False:
+        text += " (!)"
+    return text
+
+
+def verdict_index(matrix: Mapping[str, Any]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    return {(v["scenario"], v["driver"]): v for v in matrix.get("verdicts", [])}
