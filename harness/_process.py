@@ -19,6 +19,10 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _LIVE: set[ManagedProcess] = set()
 _PR_SET_PDEATHSIG = 1
@@ -31,6 +35,31 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux / no glibc: the atexit and signal paths still apply
         pass
+
+
+class StartStop:
+    """Context-manager behaviour for anything with ``start()`` and ``stop()``.
+
+    ``with X() as x`` starts it, and stops it on the way out; a start that fails
+    half-way is stopped at once, so a failed start never leaves a process behind.
+    """
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> Any:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -14,7 +14,8 @@ LOG_PATTERNS: dict[str, re.Pattern[str]] = {
     "exception-terminating-connection": re.compile(r"Exception terminating connection"),
     "exception-during-reset": re.compile(r"Exception during reset or similar"),
     "task-exception-never-retrieved": re.compile(r"Task exception was never retrieved"),
-    "unclosed-connection": re.compile(r"garbage collector is trying to clean up non-checked-in connection"),
+    "unclosed-connection": re.compile(
+        r"garbage collector is trying to clean up non-checked-in connection"),
     "worker-lost": re.compile(r"WorkerLostError|Process '.*' pid:\d+ exited with"),
     "hard-time-limit": re.compile(r"Hard time limit .* exceeded"),
     "traceback": re.compile(r"^Traceback \(most recent call last\)", re.MULTILINE),

@@ -21,10 +21,10 @@ import pytest
 
 from harness import _process, environment, results, summary
 from harness.errors import ConfigError
-from harness.services import backends
 from harness.outcome import Outcome
 from harness.runner import VariantRun, run_env, run_variant
 from harness.scenario import Expected, Scenario
+from harness.services import backends
 from harness.stack import StackPool
 
 RESULT_KEY = "harness_result"

@@ -16,14 +16,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
 
-from harness._process import ManagedProcess, tail, wait_for
+from harness._process import ManagedProcess, StartStop, tail, wait_for
 from harness.errors import WorkerStartError
 from harness.outcome import CallResult, CallStatus, never_ran
 from harness.signatures import ErrorRecord, ExceptionInfo, public_name
@@ -35,7 +34,7 @@ POLL_S = 0.05
 _FINISHED_LINE = re.compile(r"Task [\w.:-]+\[([0-9a-f-]{36})\] (succeeded|raised)")
 
 
-class CeleryWorker(AbstractContextManager["CeleryWorker"]):
+class CeleryWorker(StartStop):
     """One prefork worker for one variant run.
 
     Args:
@@ -69,16 +68,6 @@ class CeleryWorker(AbstractContextManager["CeleryWorker"]):
                                 accept_content=["json"], broker_connection_retry=False)
 
     # --- lifecycle -----------------------------------------------------------------------
-    def __enter__(self) -> CeleryWorker:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", self.app_module, "worker",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
+from harness._process import StartStop
 from harness.errors import PortInUseError, ServiceStartError
 from harness.services import docker_engine as engine
 from harness.services.base import LOOPBACK
@@ -21,7 +21,7 @@ from harness.services.base import LOOPBACK
 READY_POLL_S = 0.05
 
 
-class ContainerService(AbstractContextManager["ContainerService"]):
+class ContainerService(StartStop):
     """One service in one container, owned by the code that started it.
 
     Args:
@@ -43,16 +43,6 @@ class ContainerService(AbstractContextManager["ContainerService"]):
         self._container: Any = None
         self._holds_network = False
 
-    def __enter__(self) -> Any:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:  # pragma: no cover - every service defines it
         raise NotImplementedError

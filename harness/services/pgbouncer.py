@@ -7,14 +7,13 @@ prove a real query passes through it, and remove every trace on stop.
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
 from harness import environment
-from harness._process import ManagedProcess, wait_for
+from harness._process import ManagedProcess, StartStop, wait_for
 from harness.errors import PortInUseError, ServiceStartError
 from harness.services.base import (
     LOOPBACK,
@@ -39,7 +38,7 @@ class PgBouncerSettings:
     start_timeout_s: float = 15.0
 
 
-class LocalPgBouncer(AbstractContextManager["LocalPgBouncer"]):
+class LocalPgBouncer(StartStop):
     """PgBouncer routing every database name to ``postgres`` (a ``*`` entry)."""
 
     name = "pgbouncer"
@@ -54,16 +53,6 @@ class LocalPgBouncer(AbstractContextManager["LocalPgBouncer"]):
         self._dir: Path | None = None
         self._proc: ManagedProcess | None = None
 
-    def __enter__(self) -> LocalPgBouncer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         began = time.monotonic()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
-from harness._process import ManagedProcess, wait_for
+from harness._process import ManagedProcess, StartStop, wait_for
 from harness.errors import PortInUseError, ServiceStartError
 from harness.services.base import (
     LOOPBACK,
@@ -42,7 +41,7 @@ class PostgresSettings:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-class LocalPostgres(AbstractContextManager["LocalPostgres"]):
+class LocalPostgres(StartStop):
     """A PostgreSQL server in a temp dir, run as an unprivileged user.
 
     Durability is switched off (``fsync=off`` and friends): these databases live
@@ -63,16 +62,6 @@ class LocalPostgres(AbstractContextManager["LocalPostgres"]):
         self._proc: ManagedProcess | None = None
 
     # --- lifecycle -----------------------------------------------------------------
-    def __enter__(self) -> LocalPostgres:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         began = time.monotonic()

@@ -7,12 +7,11 @@ prove it answers PING with the password, and remove every trace on stop.
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import redis
 
-from harness._process import ManagedProcess, wait_for
+from harness._process import ManagedProcess, StartStop, wait_for
 from harness.errors import PortInUseError, ServiceStartError
 from harness.services.base import (
     LOOPBACK,
@@ -26,7 +25,7 @@ from harness.services.base import (
 )
 
 
-class LocalRedis(AbstractContextManager["LocalRedis"]):
+class LocalRedis(StartStop):
     name = "redis"
 
     def __init__(self, port: int | None = None, start_timeout_s: float = 15.0) -> None:
@@ -40,16 +39,6 @@ class LocalRedis(AbstractContextManager["LocalRedis"]):
         self._dir: Path | None = None
         self._proc: ManagedProcess | None = None
 
-    def __enter__(self) -> LocalRedis:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def url(self, db: int = 0) -> str:
         return f"redis://:{self.password}@{self.host}:{self.port}/{db}"
