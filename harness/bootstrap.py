@@ -54,8 +54,16 @@ def _venv_works() -> bool:
     return probe.returncode == 0
 
 
-def install_system_packages() -> None:
+# Only for the harness's own tests: the HTML matrix is checked in a real headless
+# browser (tests/test_matrix_html_browser.py skips, saying why, when it is missing).
+TEST_PACKAGES = {"chromium": "chromium"}
+
+
+def install_system_packages(target: str) -> None:
     missing = missing_packages()
+    if target == "tests":
+        missing += [pkg for binary, pkg in TEST_PACKAGES.items()
+                    if not shutil.which(binary) and pkg not in missing]
     if not missing:
         return
     command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if sys.version_info < (3, 10):
         sys.exit(f"[harness] Python 3.10 or newer is needed; this is {sys.version.split()[0]}. "
                  f"Run the command with a newer python3.")
-    install_system_packages()
+    install_system_packages(target)
     python = ensure_venv()
     command = [str(python), "-m", "pytest", TARGETS[target], *extra]
     say("running " + " ".join(command[2:]))

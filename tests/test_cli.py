@@ -1,0 +1,150 @@
+"""The ``harness`` command: doctor, matrix plan/merge, report, and refusals of bad input.
+
+Bad input must stop before any environment is built: each refusal test points
+the environment cache at an empty folder and checks it stays empty. The
+unknown-version test asks the real package index (through pip's configuration).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from tests.test_matrix_merge import results_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD_AXES = ("[axes]\npython = [\"3.11\"]\nsqlalchemy = [\"2.1.9\"]\ncelery = [\"5.7.0\"]\n"
+             "asyncpg = [\"0.32.0\"]\npsycopg = [\"3.3.9\"]\n")
+
+
+@pytest.fixture(autouse=True)
+def in_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def fake_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The versions of GOOD_AXES, without asking the network (for tests about other input)."""
+    known = {"sqlalchemy": ["2.1.9"], "celery": ["5.7.0"], "asyncpg": ["0.32.0"],
+             "psycopg": ["3.3.9"], "psycopg-binary": ["3.3.9"]}
+    monkeypatch.setattr("harness.matrix.versions.index_versions", known.__getitem__)
+
+
+def refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, *argv: str) -> str:
+    """Run a matrix command that must be refused; return its message."""
+    cache = tmp_path / "cache"
+    code = cli.main(["matrix", *argv, "--cache-dir", str(cache), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not cache.exists(), "an environment was built before the input was checked"
+    return err
+
+
+def test_doctor_still_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["doctor"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert out.startswith("python") and "binaries" in out
+
+
+def test_plan_github_prints_the_include_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["matrix", "plan", "--format", "github"]) == 0
+    include = json.loads(capsys.readouterr().out)["include"]
+    assert len(include) == 6 and include[0]["slot"] == "baseline"
+    assert {"id", "python", "sqlalchemy", "celery", "asyncpg", "psycopg"} <= set(include[0])
+
+
+def test_plan_from_options_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["matrix", "plan", "--matrix-file", str(tmp_path / "m.toml")]) == 2
+    assert "There is no matrix file" in capsys.readouterr().err
+    assert cli.main(["matrix", "plan", "--python", "3.11", "3.12", "3.13", "--full"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3 * 2 ** 4
+
+
+def test_unknown_version_is_refused_before_building(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(capsys, tmp_path, "--sqlalchemy", "2.1.99")
+    assert "sqlalchemy 2.1.99 does not exist on the package index" in err
+
+
+def test_unknown_scenario_is_refused_before_building(tmp_path: Path, fake_index: None,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.toml").write_text(GOOD_AXES)
+    err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"),
+                  "-k", "no_such_scenario")
+    assert "No scenario test matches the pytest arguments -k no_such_scenario" in err
+
+
+def test_malformed_matrix_toml_is_refused(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.toml").write_text("[axes\npython = 3.11\n")
+    err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"))
+    assert "is not valid TOML" in err
+
+
+def test_missing_interpreter_is_refused(tmp_path: Path, fake_index: None,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.toml").write_text(GOOD_AXES.replace('"3.11"', '"3.5"'))
+    err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"))
+    assert "No Python 3.5 interpreter was found" in err
+
+
+def test_only_must_name_a_planned_environment(tmp_path: Path, fake_index: None,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.toml").write_text(GOOD_AXES)
+    err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"),
+                  "--only", "py3.12-nothing")
+    assert "--only names py3.12-nothing, which is not in the plan" in err
+
+
+def _write(path: Path, document: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_report_diff_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = _write(tmp_path / "old" / "results.json", results_doc("3.11.7", "2.1.9", "1"))
+    same = _write(tmp_path / "same" / "results.json", results_doc("3.11.7", "2.1.9", "2"))
+    moved = _write(tmp_path / "new" / "results.json", results_doc(
+        "3.11.7", "2.1.9", "3", moved={("engine-before-fork", "process-init", "asyncpg"):
+                                       "OTHER_FAILURE"}))
+    assert cli.main(["report", "diff", str(old), str(same)]) == 0
+    assert "No cell changed outcome." in capsys.readouterr().out
+    assert cli.main(["report", "diff", str(old), str(moved)]) == 1
+    out = capsys.readouterr().out
+    assert "engine-before-fork / process-init / asyncpg" in out and "CLEAN -> OTHER_FAILURE" in out
+    assert cli.main(["report", "diff", str(old)]) == 2
+    assert "Usage: harness report diff OLD NEW" in capsys.readouterr().err
+
+
+def test_report_rerenders_and_refuses_other_schemas(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path / "results.json", results_doc("3.11.7", "2.1.9"))
+    assert cli.main(["report", str(path), "--out", str(tmp_path / "html")]) == 0
+    assert (tmp_path / "html" / "matrix.md").read_text().startswith("# Compatibility matrix")
+    assert (tmp_path / "html" / "matrix.html").exists()
+    other = _write(tmp_path / "v2.json", {**results_doc("3.11.7", "2.1.9"), "schema": 2})
+    assert cli.main(["report", str(other)]) == 2
+    assert "has results schema 2, but this harness reads schema 1" in capsys.readouterr().err
+
+
+def test_merge_writes_three_outputs_and_checks_a_baseline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path / "shard-a" / "r1" / "results.json", results_doc("3.11.7", "2.1.9", "1"))
+    _write(tmp_path / "shard-b" / "r2" / "results.json", results_doc("3.13.0", "2.1.9", "2"))
+    out = tmp_path / "merged"
+    assert cli.main(["matrix", "merge", str(tmp_path / "shard-a"), str(tmp_path / "shard-b"),
+                     "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["matrix.html", "matrix.json", "matrix.md"]
+    assert len(json.loads((out / "matrix.json").read_text())["environments"]) == 2
+    capsys.readouterr()
+    broken = {("loop-bound-pool", "nullpool", "psycopg"): "HARNESS_ERROR"}
+    _write(tmp_path / "shard-b" / "r2" / "results.json",
+           results_doc("3.13.0", "2.1.9", "2", moved=broken))
+    assert cli.main(["matrix", "merge", str(tmp_path / "shard-a"), str(tmp_path / "shard-b"),
+                     "--out", str(tmp_path / "again"), "--baseline",
+                     str(out / "matrix.json")]) == 1
+    assert "1 cell(s) changed outcome" in capsys.readouterr().out

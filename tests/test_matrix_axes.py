@@ -1,0 +1,153 @@
+"""Matrix axes, the plan, version resolution and interpreter lookup (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.matrix import axes, versions
+
+ROOT = Path(__file__).resolve().parent.parent
+INDEX = {"sqlalchemy": ["2.1.9", "2.1.8", "2.1.0b1", "2.0.58", "2.0.57"],
+         "celery": ["5.7.0", "5.6.3", "5.6.2"], "asyncpg": ["0.32.0", "0.30.0"],
+         "psycopg": ["3.3.9", "3.2.13", "3.1.7"], "psycopg-binary": ["3.3.9", "3.2.13"]}
+
+
+def spec(**overrides: list[str]) -> axes.MatrixSpec:
+    base = {"python": ["3.13", "3.11"], "sqlalchemy": ["2.1.9", "2.0.58"],
+            "celery": ["5.7.0", "5.6.3"], "asyncpg": ["0.32.0", "0.30.0"],
+            "psycopg": ["3.3.9", "3.2.13"]}
+    return axes.MatrixSpec(axes={**base, **overrides})
+
+
+def test_repository_matrix_toml_is_the_documented_default() -> None:
+    loaded = axes.load_toml(ROOT / "matrix.toml")
+    assert loaded.mode == axes.ONE_AT_A_TIME
+    assert {a: len(v) for a, v in loaded.axes.items()} == dict.fromkeys(axes.AXES, 2)
+    assert len(axes.plan(loaded)) == 6
+
+
+def test_one_at_a_time_varies_one_axis_from_the_baseline() -> None:
+    combos = axes.plan(spec(sqlalchemy=["2.1.9", "2.0.58", "2.0.40"]))
+    assert combos[0].slot == "baseline"
+    assert combos[0].id == "py3.13-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9"
+    assert [c.slot for c in combos] == ["baseline", "python", "sqlalchemy", "sqlalchemy#2",
+                                        "celery", "asyncpg", "psycopg"]
+    base = combos[0].versions
+    for combo in combos[1:]:
+        assert sum(combo.versions[a] != base[a] for a in axes.AXES) == 1
+
+
+def test_full_product_keeps_the_baseline_slot() -> None:
+    combos = axes.plan(axes.MatrixSpec(spec().axes, mode=axes.PRODUCT))
+    assert len(combos) == 32 and len({c.id for c in combos}) == 32
+    assert [c.slot for c in combos].count("baseline") == 1
+
+
+def test_requirements_pin_with_the_projects_extras() -> None:
+    combo = axes.plan(spec())[0]
+    assert combo.requirements() == ["sqlalchemy[asyncio]==2.1.9", "celery[redis]==5.7.0",
+                                    "asyncpg==0.32.0", "psycopg[binary]==3.3.9"]
+
+
+def test_github_include_is_one_entry_per_environment() -> None:
+    include = axes.github_include(axes.plan(spec()))["include"]
+    assert len(include) == 6
+    assert include[0] == {"id": "py3.13-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9",
+                          "slot": "baseline", "python": "3.13", "sqlalchemy": "2.1.9",
+                          "celery": "5.7.0", "asyncpg": "0.32.0", "psycopg": "3.3.9"}
+    json.dumps(include)  # the workflow reads it with fromJSON
+
+
+def test_options_override_axes_and_full_switches_mode() -> None:
+    merged = axes.with_options(spec(), {"sqlalchemy": ["2.1.8"], "python": None}, full=True)
+    assert merged.axes["sqlalchemy"] == ["2.1.8"]
+    assert merged.axes["python"] == ["3.13", "3.11"]
+    assert merged.mode == axes.PRODUCT
+
+
+def test_options_without_a_file_must_name_every_axis() -> None:
+    with pytest.raises(ConfigError, match="No versions for celery, asyncpg, psycopg"):
+        axes.with_options(None, {"python": ["3.11"], "sqlalchemy": ["2.1.9"]}, full=False)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("mode = one-at-a-time\n", "not valid TOML"),
+    ("[axes]\npython = [\"3.11\"]\ndjango = [\"5.0\"]\n", "unknown axis 'django'"),
+    ("[axes]\npython = []\n", "must be a non-empty list"),
+    ("[axes]\npython = \"3.11\"\n", "must be a non-empty list"),
+    ("mode = \"everything\"\n[axes]\npython = [\"3.11\"]\n", "mode is 'everything'"),
+    ("python = [\"3.11\"]\n", "unknown top-level keys"),
+    ("mode = \"product\"\n", "has no \\[axes\\] table"),
+    ("[axes]\ncelery = [\"5.7.0\", \"5.7.0\"]\n", "lists a version twice"),
+])
+def test_malformed_matrix_toml_is_refused_with_the_reason(tmp_path: Path, text: str,
+                                                         message: str) -> None:
+    path = tmp_path / "matrix.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        axes.load_toml(path)
+
+
+def test_missing_matrix_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="There is no matrix file"):
+        axes.load_toml(tmp_path / "matrix.toml")
+
+
+def test_resolve_exact_line_and_latest() -> None:
+    available = INDEX["sqlalchemy"]
+    assert versions.resolve("sqlalchemy", "2.0.58", available) == "2.0.58"
+    assert versions.resolve("sqlalchemy", "2.0.x", available) == "2.0.58"
+    assert versions.resolve("sqlalchemy", "2.1.*", available) == "2.1.9"
+    assert versions.resolve("sqlalchemy", "latest", available) == "2.1.9"  # not the beta
+
+
+def test_unknown_version_names_package_version_and_neighbours() -> None:
+    with pytest.raises(ConfigError, match=r"sqlalchemy 2\.1\.99 does not exist on the package "
+                                          r"index.*2\.1\.9, 2\.1\.8"):
+        versions.resolve("sqlalchemy", "2.1.99", INDEX["sqlalchemy"])
+    with pytest.raises(ConfigError, match="No release of celery matches '4.4.x'"):
+        versions.resolve("celery", "4.4.x", INDEX["celery"])
+
+
+def test_resolve_spec_checks_every_axis_before_anything_runs() -> None:
+    asked: list[str] = []
+
+    def lister(package: str) -> list[str]:
+        asked.append(package)
+        return INDEX[package]
+
+    resolved = versions.resolve_spec(spec(sqlalchemy=["2.1.x", "2.1.9", "2.0.x"]), lister)
+    assert resolved.axes["sqlalchemy"] == ["2.1.9", "2.0.58"]
+    assert sorted(asked) == sorted(INDEX)
+    with pytest.raises(ConfigError, match=r"psycopg 3\.1\.7 exists, but psycopg-binary 3\.1\.7"):
+        versions.resolve_spec(spec(psycopg=["3.1.7"]), lister)
+
+
+def _fake_pyenv(root: Path, *names: str) -> None:
+    for name in names:
+        python = root / "versions" / name / "bin" / "python"
+        python.parent.mkdir(parents=True)
+        python.write_text("#!/bin/sh\n")
+        python.chmod(0o755)
+
+
+def test_find_python_takes_the_newest_patch_of_the_line(tmp_path: Path) -> None:
+    _fake_pyenv(tmp_path, "3.11.2", "3.11.10", "3.11.7", "3.13.0", "3.13-dev")
+    found = versions.find_python("3.11", tmp_path)
+    assert found.version == "3.11.10"
+    assert found.path == tmp_path / "versions" / "3.11.10" / "bin" / "python"
+    assert versions.find_python("3.11.7", tmp_path).version == "3.11.7"
+
+
+def test_missing_python_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    _fake_pyenv(tmp_path, "3.11.7")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    with pytest.raises(ConfigError, match=r"No Python 3\.9 interpreter was found.*pyenv "
+                                          r"install 3\.9"):
+        versions.find_python("3.9", tmp_path)
+    with pytest.raises(ConfigError, match="not of the form"):
+        versions.find_python("three", tmp_path)
