@@ -125,10 +125,11 @@ class ManagedProcess:
     def stop(self, grace_s: float = 10.0) -> int | None:
         """Ask politely, then SIGKILL the whole process group after ``grace_s``.
 
-        Returns the exit code (negative for a signal), or None if it never died.
+        With ``grace_s`` 0 the group gets SIGKILL at once. Returns the exit code
+        (negative for a signal), or None if it never died.
         """
         try:
-            if self.alive():
+            if self.alive() and grace_s > 0:
                 self._signal_group(self.stop_signal)
                 try:
                     self.popen.wait(timeout=grace_s)

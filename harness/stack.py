@@ -76,6 +76,7 @@ class StackPool:
         self._pgbouncer: dict[tuple[int, int, int | None], Any] = {}
 
     def get(self, spec: StackSpec) -> Stack:
+        self._forget_dead()
         if self._redis is None:
             self._redis = self._exit.enter_context(self.backend.redis())
         postgres = self._postgres.get(spec.max_connections)
@@ -93,6 +94,22 @@ class StackPool:
                     max_prepared_statements=spec.max_prepared_statements)))
                 self._pgbouncer[key] = pgbouncer
         return Stack(spec, postgres, pgbouncer, self._redis, self.backend.name)
+
+    def _forget_dead(self) -> None:
+        """Drop services that died (a crash, or a fault test's SIGKILL) so that the next
+        variant gets fresh ones: one dead service spoils one variant, not the rest of the run.
+        A PgBouncer in front of a dead PostgreSQL goes too; its server is gone."""
+        if self._redis is not None and not self._redis.alive():
+            self._redis.stop()
+            self._redis = None
+        for max_connections, postgres in list(self._postgres.items()):
+            if not postgres.alive():
+                postgres.stop()
+                del self._postgres[max_connections]
+        for key, pgbouncer in list(self._pgbouncer.items()):
+            if not pgbouncer.alive() or key[0] not in self._postgres:
+                pgbouncer.stop()
+                del self._pgbouncer[key]
 
     def versions(self) -> dict[str, str]:
         """Versions of every service started so far."""

@@ -33,6 +33,7 @@ CONFIG_ENV = "HARNESS_WORKER_CONFIG"
 FAILURE_KEY = "harness:failure:{task_id}"
 RAN_KEY = "harness:ran:{queue}:{token}"
 COUNTER_KEY = "harness:count:{queue}:{name}"
+START_KEY = "harness:start:{queue}:{what}"
 FAILURE_TTL_S = 3600
 
 
@@ -106,6 +107,36 @@ def count(app: Celery, name: str, amount: int = 1) -> None:
     key = COUNTER_KEY.format(queue=s.queue, name=name)
     app.backend.client.incrby(key, amount)
     app.backend.client.expire(key, FAILURE_TTL_S)
+
+
+_joined_start = False
+
+
+def start_together(app: Celery, processes: int, timeout_s: float = 10.0) -> None:
+    """Hold this process's first call until ``processes`` processes have one, then go.
+
+    Prefork hands a call to whichever process is idle: a process that is still
+    starting misses the first calls, and a hazard that needs two processes at work
+    at once (a socket both inherited) may then never show. Each process joins once;
+    the last to arrive releases the others through a Redis list, so all of them go
+    within a millisecond. If they do not all arrive within ``timeout_s`` the call
+    goes on alone and the run's counter ``start-together-timeout`` says so.
+    """
+    global _joined_start
+    if _joined_start or processes < 2:
+        return
+    _joined_start = True
+    s = settings()
+    client = app.backend.client
+    arrived_key = START_KEY.format(queue=s.queue, what="arrived")
+    go_key = START_KEY.format(queue=s.queue, what="go")
+    arrived = client.incr(arrived_key)
+    client.expire(arrived_key, FAILURE_TTL_S)
+    if arrived == processes:
+        client.rpush(go_key, *["go"] * (processes - 1))
+        client.expire(go_key, FAILURE_TTL_S)
+    elif arrived < processes and client.blpop([go_key], timeout=timeout_s) is None:
+        count(app, "start-together-timeout")
 
 
 def exception_chain(exc: BaseException, limit: int = 10) -> list[dict[str, Any]]:

@@ -61,6 +61,7 @@ class CeleryWorker(StartStop):
         self.start_s = 0.0
         self._proc: ManagedProcess | None = None
         self._tmp: Path | None = None
+        self._log_start = 0
         self.log_size_at_stop: int | None = None
         self.client = Celery("harness-client", broker=self.settings["broker_url"],
                              backend=self.settings["broker_url"], set_as_current=False)
@@ -95,6 +96,8 @@ class CeleryWorker(StartStop):
             # The worker's own warnings (never-awaited coroutines) must reach its log.
             "PYTHONWARNINGS": "default",
         })
+        # Only what this process logs counts: a reused log path may hold an old "ready.".
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._proc = ManagedProcess(self.command(), self.log_path, env=env,
                                     cwd=self.project_root)
         if not wait_for(self._logged_ready, timeout_s=self.start_timeout_s,
@@ -114,7 +117,9 @@ class CeleryWorker(StartStop):
                 f"down. Full log: {self.log_path}\nLog tail:\n{self._proc.tail(30)}")
 
     def _logged_ready(self) -> bool:
-        return READY_MARK in self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return READY_MARK.encode() in log.read()
 
     def _answers_ping(self) -> bool:
         replies = self.client.control.ping(destination=[self.nodename], timeout=0.5)

@@ -137,10 +137,11 @@ SCENARIO = Scenario(
     id="engine-before-fork",
     app="scenarios.apps.engine_before_fork",
     # 16 calls over 2 processes: both children start on the inherited
-    # connection at once and each runs several calls. Each query waits at most
-    # 5 s for its reply: a reply another process read would hang the call.
+    # connection at once (each one's first call waits for the other's) and each
+    # runs several calls. Each query waits at most 5 s for its reply: a reply
+    # another process read would hang the call.
     workload=Workload(task="query_token", calls=16, concurrency=2, timeout_s=30.0,
-                      kwargs={"timeout_s": 5.0}),
+                      kwargs={"timeout_s": 5.0, "processes": 2}),
     signatures=(sig.FUTURE_OTHER_LOOP, sig.ASYNCPG_ANOTHER_OPERATION,
                 sig.PREPARED_STATEMENT_EXISTS, sig.PROTOCOL_DESYNC,
                 sig.ASYNCPG_CONNECTION_LOST, sig.ASYNCPG_CONNECTION_CLOSED,

@@ -14,7 +14,7 @@ Cause
     connections of one pool at once is concurrency *inside* a call (a fan-out).
     The error needs two things together: a fan-out wider than the pool, and
     connections held longer than ``pool_timeout`` (default 30 s). Here the first
-    3 coroutines hold theirs for 1.5 s and the other 3 give up after 0.5 s.
+    3 coroutines hold theirs for 1 s and the other 3 give up after 0.5 s.
 
 The article's claim
     "QueuePool limit of size N overflow N reached, connection timed out" is
@@ -35,7 +35,7 @@ Python 3.11.7, PostgreSQL 15)
       shared and no limit is reached. (A parent that does connect before the
       fork breaks in other ways: see engine-before-fork.)
     * The same fan-out with the default ``pool_timeout`` (30 s): CLEAN, the
-      waiting coroutines simply wait a round (each call takes 3 s, not 1.5 s).
+      waiting coroutines simply wait a round (each call takes 2 s, not 1 s).
     * Fixes, all CLEAN on both drivers: NullPool (the article's; no limit on the
       client side, no connections kept between calls); a pool sized to the
       fan-out (``pool_size=6``; keeps 6 idle connections per process, 12 idle
@@ -59,13 +59,14 @@ from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, re
 
 # pool_size + max_overflow = 3 connections per process; waiting at most 0.5 s.
 SMALL_POOL = {"pool": "default", "pool_size": 2, "max_overflow": 1, "pool_timeout": 0.5}
-# 6 connections at once per call, each held 1.5 s: three times the wait allowed.
-FAN_OUT = {"fan_out": 6, "hold_s": 1.5}
+# 6 connections at once per call, each held 1 s: twice the wait allowed.
+FAN_OUT = {"fan_out": 6, "hold_s": 1.0}
 
 SCENARIO = Scenario(
     id="queuepool-overflow",
     app="scenarios.apps.queuepool_overflow",
-    workload=Workload(task="fan_out_query", calls=6, concurrency=2, timeout_s=60),
+    # 4 calls on 2 processes: each process runs two, so a pool is reused by a call.
+    workload=Workload(task="fan_out_query", calls=4, concurrency=2, timeout_s=60),
     signatures=(sig.POOL_TIMEOUT,),
     claim=Claim(
         error="QueuePool limit of size N overflow N reached, connection timed out",

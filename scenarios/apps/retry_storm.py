@@ -45,7 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from harness.task_support import count, make_app, settings
+from harness.task_support import count, make_app, settings, start_together
 from scenarios.apps.common import engine_kwargs
 
 app = make_app(__name__)
@@ -137,8 +137,13 @@ async def hold_connections(token: str) -> str:
     retry_backoff=SETTINGS.get("backoff", 0),
     retry_jitter=SETTINGS.get("jitter", False),
 )
-def storm(token: str) -> str:
-    """Hold the variant's connections for a while and return ``token``."""
+def storm(token: str, processes: int = 1) -> str:
+    """Hold the variant's connections for a while and return ``token``.
+
+    ``processes``: the worker's processes; the first call of each waits for the
+    others', so the burst really starts at once (a retry does not wait again).
+    """
+    start_together(app, processes)
     count(app, "attempts")
     if process_loop is not None:
         return process_loop.run_until_complete(hold_connections(token))
