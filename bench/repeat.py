@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 
-from bench._common import ROOT, write
+from bench._common import OUT, ROOT, write
 
 
 def main(argv: list[str]) -> int:
@@ -28,11 +28,14 @@ def main(argv: list[str]) -> int:
     walls = []
     for index in range(runs):
         began = time.monotonic()
+        # Each run writes to its own folder (reports/latest may belong to another run),
+        # kept with its worker logs: a cell that changes its word needs its log.
+        results_dir = OUT / "repeat-runs" / f"run-{index + 1}"
         subprocess.run([sys.executable, "-m", "pytest", "scenarios/", "-q", "-p",
-                        "no:cacheprovider", *extra], cwd=ROOT, capture_output=True,
-                       text=True, timeout=1800, check=False)
+                        "no:cacheprovider", "--results-dir", str(results_dir), *extra],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
         walls.append(round(time.monotonic() - began, 1))
-        document = json.loads((ROOT / "reports" / "latest" / "results.json").read_text())
+        document = json.loads((results_dir / "latest" / "results.json").read_text())
         for r in document["results"]:
             seen[f"{r['scenario']}/{r['variant']}/{r['driver']}"][r["outcome"]] += 1
         print(f"run {index + 1}/{runs}: {walls[-1]} s, {len(document['results'])} cells")

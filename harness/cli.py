@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from harness import environment
+from harness.bootstrap import default_workers
 from harness.errors import HarnessError
 from harness.matrix import command
 from harness.matrix.axes import AXES
@@ -128,8 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="output folder (default: reports/matrix)")
     matrix.add_argument("--cache-dir", type=Path, help="environment cache (default: "
                         "$HARNESS_CACHE_DIR/envs or ~/.cache/celery-async-sa-harness/envs)")
-    matrix.add_argument("-n", "--workers", type=int, default=2,
-                        help="pytest-xdist processes per environment (default: 2)")
+    matrix.add_argument("-n", "--workers", type=int, default=default_workers(),
+                        help="pytest-xdist processes per environment (default: twice the "
+                             f"CPUs, at most 8: {default_workers()} here)")
     matrix.add_argument("--baseline", type=Path, metavar="FILE",
                         help="a matrix.json or results.json to compare with; exit 1 when a "
                              "cell's outcome changed")

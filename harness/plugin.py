@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness import _process, environment, results, summary
+from harness import _process, environment, results, scratch, summary
 from harness.errors import ConfigError
 from harness.outcome import Outcome
 from harness.runner import VariantRun, run_env, run_variant
@@ -73,6 +73,10 @@ def pytest_configure(config: pytest.Config) -> None:
     results_dir = Path(config.getoption("results_dir"))
     if not results_dir.is_absolute():
         results_dir = config.rootpath / results_dir
+    if workerinput is None:
+        # Folders of harness processes that were killed (a crashed xdist worker,
+        # an earlier run that got SIGKILL) cannot remove themselves.
+        scratch.sweep()
     config.stash[STATE] = state = RunState(run_id, results_dir, backend)
     config.pluginmanager.register(_Recorder(state, is_worker=workerinput is not None),
                                   "harness-recorder")
@@ -158,6 +162,7 @@ def harness_stacks(request: pytest.FixtureRequest) -> Any:
     finally:
         pool.close()
         _process.stop_all()
+        scratch.release()
 
 
 @pytest.fixture
@@ -213,6 +218,8 @@ class _Recorder:
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.is_worker:
+            scratch.sweep()  # what a crashed xdist worker of this run left behind
         if self.is_worker or not self.state.results:
             return  # an xdist worker's results reach the controller, which writes
         services = dict(self.state.services, backend=self.state.backend.name)

@@ -156,7 +156,9 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
         run.reason = f"{type(exc).__name__}: {exc}"
         dead = stack.problems()
         if dead:
-            run.reason += " (a service died: " + "; ".join(dead) + ")"
+            # The dead service is the cause; what failed next is only how it showed.
+            run.reason = ("a service died during the run: " + "; ".join(dead)
+                          + f"\nwhat failed then: {run.reason}")
     return run
 
 

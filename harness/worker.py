@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from harness import scratch
 from harness._process import ManagedProcess, StartStop, tail, wait_for
 from harness.errors import WorkerStartError
 from harness.outcome import CallResult, CallStatus, never_ran
@@ -85,7 +85,7 @@ class CeleryWorker(StartStop):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # A private TMPDIR: a worker killed after its grace period cannot remove its own
         # temp files (billiard's pymp-* folder); the harness removes this folder instead.
-        self._tmp = Path(tempfile.mkdtemp(prefix="harness-worker-"))
+        self._tmp = scratch.mkdtemp(prefix="harness-worker-")
         env = dict(os.environ)
         env.update({
             "TMPDIR": str(self._tmp),

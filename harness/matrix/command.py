@@ -40,7 +40,7 @@ class MatrixOptions:
     only: Sequence[str] = ()
     out: Path = Path("reports/matrix")
     cache_dir: Path | None = None
-    workers: int = 2
+    workers: int = 4
     pytest_args: Sequence[str] = field(default_factory=list)
     baseline: Path | None = None
     env_timeout_s: float = 3600.0

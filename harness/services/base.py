@@ -12,10 +12,10 @@ import pwd
 import secrets
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from harness import scratch
 from harness.errors import MissingBinaryError
 
 LOOPBACK = "127.0.0.1"
@@ -73,7 +73,7 @@ def service_user() -> str | None:
 
 def make_workdir(prefix: str) -> Path:
     """A private temp dir the service user can write to; the caller removes it."""
-    path = Path(tempfile.mkdtemp(prefix=f"harness-{prefix}-"))
+    path = scratch.mkdtemp(prefix=f"harness-{prefix}-")
     user = service_user()
     if user is not None:
         info = pwd.getpwnam(user)
