@@ -110,6 +110,9 @@ def _axis_parent() -> argparse.ArgumentParser:
     return parent
 
 
+BENCHES = ("fixes", "overhead", "suite", "repeat")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", description="Celery prefork + async SQLAlchemy fault-reproduction "
@@ -146,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("paths", nargs="+", type=Path)
     merge.add_argument("--out", type=Path, default=Path("reports/matrix"))
     merge.add_argument("--baseline", type=Path, metavar="FILE")
+    bench = sub.add_parser(
+        "bench", help="measure: fixes (the price of each working fix), overhead, suite, "
+        "repeat N (determinism); figures go to reports/bench/<name>.json",
+        epilog="Further arguments go to the bench script (see bench/<name>.py).")
+    bench.add_argument("name", choices=BENCHES)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     report = sub.add_parser(
         "report", help="re-render Markdown/HTML from a results or matrix JSON, or diff two",
         usage="harness report FILE [--out DIR]\n       harness report diff OLD NEW")
@@ -169,8 +178,19 @@ def project_root(start: Path | None = None) -> Path:
                        f"has scenarios/ and pyproject.toml). cd into the checkout first.")
 
 
+def run_bench(root: Path, name: str, bench_args: list[str]) -> int:
+    """Run ``bench/<name>.py`` of the checkout with this interpreter, from its root."""
+    if not (root / "bench" / f"{name}.py").exists():
+        raise HarnessError(f"{root / 'bench' / (name + '.py')} is missing: the bench scripts "
+                           f"live in the project checkout; run this from a full clone.")
+    return subprocess.run([sys.executable, "-m", f"bench.{name}", *bench_args], cwd=root,
+                          check=False).returncode
+
+
 def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
     root = project_root()
+    if args.command == "bench":
+        return run_bench(root, args.name, args.bench_args + pytest_extra)
     axes = {axis: getattr(args, axis, None) for axis in AXES}
     if args.command == "report":
         if str(args.paths[0]) == "diff":

@@ -148,3 +148,17 @@ def test_merge_writes_three_outputs_and_checks_a_baseline(
                      "--out", str(tmp_path / "again"), "--baseline",
                      str(out / "matrix.json")]) == 1
     assert "1 cell(s) changed outcome" in capsys.readouterr().out
+
+
+def test_bench_runs_the_checkouts_script(capfd: pytest.CaptureFixture[str]) -> None:
+    """``harness bench repeat`` without N reaches bench/repeat.py, which prints its usage."""
+    assert cli.main(["bench", "repeat"]) == 2
+    assert "bench.repeat N" in capfd.readouterr().out
+
+
+def test_bench_outside_a_checkout_says_where_to_run(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "fixes"]) == 2
+    assert "cd into the checkout" in capsys.readouterr().err
