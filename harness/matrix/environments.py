@@ -203,5 +203,34 @@ def build(combo: Combination, interpreter: Interpreter, project_root: Path, *,
     have = _check_versions(combo, python, log_path)
     stamp.write_text(json.dumps({"id": combo.id, "installer": installer, "packages": have,
                                  "python": interpreter.version,
+                                 "project": str(project_root.resolve()),
                                  "built": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    prune_superseded(path, project_root)
     return BuiltEnv(combo, path, reused=False, seconds=time.monotonic() - started)
+
+
+def prune_superseded(current: Path, project_root: Path) -> list[Path]:
+    """Remove older builds of the same combination for this checkout.
+
+    A change to pyproject.toml, the interpreter or the installer gives a combination
+    a new folder; without this the cache would keep every old one (about 70 MB each).
+    Builds of other checkouts are theirs to keep; so is anything this code did not make.
+    """
+    combo_id = current.name.rsplit("-", 1)[0]
+    removed = []
+    for sibling in current.parent.glob(f"{combo_id}-*"):
+        if sibling == current or sibling.name.rsplit("-", 1)[0] != combo_id:
+            continue
+        try:
+            stamp = json.loads((sibling / STAMP).read_text())
+        except (OSError, ValueError):
+            stamp = {}
+        # Stamps written before the project was recorded belong to whoever built them:
+        # only a folder this checkout provably made, or an abandoned build, goes.
+        if stamp and stamp.get("project") != str(project_root.resolve()):
+            continue
+        if not stamp and time.time() - sibling.stat().st_mtime < BUILD_TIMEOUT_S:
+            continue  # maybe another run building it right now
+        shutil.rmtree(sibling, ignore_errors=True)
+        removed.append(sibling)
+    return removed
