@@ -99,9 +99,14 @@ def _axis_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("axes (each overrides that axis of matrix.toml)")
     for axis in AXES:
-        group.add_argument(f"--{axis}", nargs="+", metavar="VERSION",
-                           help=f"{axis} versions: exact, X.Y.x (latest of a line) or latest"
-                           + ("; the first is the baseline's" if axis == "python" else ""))
+        if axis == "pgbouncer":
+            text = ("PgBouncer versions: X.Y or local (the installed binary). The local "
+                    "binary's line runs on the local backend; any other needs the docker "
+                    "image harness-pgbouncer:X.Y (bash docker/build.sh makes 1.18 and 1.24)")
+        else:
+            text = (f"{axis} versions: exact, X.Y.x (latest of a line) or latest"
+                    + ("; the first is the baseline's" if axis == "python" else ""))
+        group.add_argument(f"--{axis}", nargs="+", metavar="VERSION", help=text)
     parent.add_argument("--matrix-file", type=Path, metavar="FILE",
                         help="the axes file (default: matrix.toml in the project root)")
     parent.add_argument("--full", action="store_true",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.matrix import versions
 from tests.test_matrix_merge import results_doc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +28,15 @@ def in_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fake_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The versions of GOOD_AXES, without asking the network (for tests about other input)."""
+    """The versions of GOOD_AXES, without asking the network (for tests about other input),
+    and PgBouncer 1.18.0 installed with a Docker engine holding the 1.18 and 1.24 images."""
     known = {"sqlalchemy": ["2.1.9"], "celery": ["5.7.0"], "asyncpg": ["0.32.0"],
              "psycopg": ["3.3.9"], "psycopg-binary": ["3.3.9"]}
     monkeypatch.setattr("harness.matrix.versions.index_versions", known.__getitem__)
+    monkeypatch.setattr("harness.environment.pgbouncer_version", lambda: "1.18.0")
+    images = {"harness-pgbouncer:1.18": "1.18.0", "harness-pgbouncer:1.24": "1.24.1"}
+    monkeypatch.setattr("harness.matrix.versions.docker_state",
+                        lambda: versions.DockerState(None, images))
 
 
 def refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, *argv: str) -> str:
@@ -52,15 +58,23 @@ def test_doctor_still_reports(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plan_github_prints_the_include_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["matrix", "plan", "--format", "github"]) == 0
     include = json.loads(capsys.readouterr().out)["include"]
-    assert len(include) == 6 and include[0]["slot"] == "baseline"
-    assert {"id", "python", "sqlalchemy", "celery", "asyncpg", "psycopg"} <= set(include[0])
+    assert len(include) == 7 and include[0]["slot"] == "baseline"
+    assert {"id", "python", "sqlalchemy", "celery", "asyncpg", "psycopg",
+            "pgbouncer"} <= set(include[0])
+    assert [(e["slot"], e["pgbouncer"]) for e in include if e["pgbouncer"] != "1.18"] == [
+        ("pgbouncer", "1.24")]
+    assert include[-1]["id"].endswith("-psycopg3.3.9-pgb1.24")
 
 
 def test_plan_from_options_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["matrix", "plan", "--matrix-file", str(tmp_path / "m.toml")]) == 2
     assert "There is no matrix file" in capsys.readouterr().err
     assert cli.main(["matrix", "plan", "--python", "3.11", "3.12", "3.13", "--full"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 3 * 2 ** 4
+    assert len(capsys.readouterr().out.splitlines()) == 3 * 2 ** 5
+    # The first PgBouncer is the baseline's; a repeated one is one environment.
+    assert cli.main(["matrix", "plan", "--pgbouncer", "1.24", "1.18", "1.24"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and lines[0].endswith("-pgb1.24") and lines[-1].endswith("-pgb1.18")
 
 
 def test_unknown_version_is_refused_before_building(tmp_path: Path,
@@ -97,6 +111,53 @@ def test_only_must_name_a_planned_environment(tmp_path: Path, fake_index: None,
     err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"),
                   "--only", "py3.12-nothing")
     assert "--only names py3.12-nothing, which is not in the plan" in err
+
+
+def test_pgbouncer_without_a_binary_or_image_is_refused_before_building(
+        tmp_path: Path, fake_index: None, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.toml").write_text(GOOD_AXES)
+    err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"),
+                  "--pgbouncer", "1.18", "1.21")
+    assert ("PgBouncer 1.21 cannot run here: it needs the docker image harness-pgbouncer:1.21, "
+            "which the Docker engine does not have. Available: the local pgbouncer is 1.18.0; "
+            "the Docker engine has harness-pgbouncer:1.18 (1.18.0), harness-pgbouncer:1.24 "
+            "(1.24.1). docker/build.sh knows only PgBouncer 1.18 and 1.24") in err
+
+
+def test_bad_pgbouncer_value_is_refused_before_building(
+        tmp_path: Path, fake_index: None, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.toml").write_text(GOOD_AXES)
+    err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"),
+                  "--pgbouncer", "1.24.1")
+    assert "PgBouncer version '1.24.1' is not of the form X.Y or 'local' (write 1.24" in err
+
+
+def test_a_shard_checks_only_its_own_pgbouncer(tmp_path: Path, fake_index: None,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """--only the 1.18 environment: the 1.24 image is not asked for (a CI shard)."""
+    def no_docker() -> versions.DockerState:
+        raise AssertionError("Docker was asked although the shard runs on the local binary")
+
+    monkeypatch.setattr("harness.matrix.versions.docker_state", no_docker)
+    (tmp_path / "matrix.toml").write_text(GOOD_AXES)
+    baseline = "py3.11-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18"
+    err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"),
+                  "--pgbouncer", "local", "1.24", "--only", baseline, "-k", "no_such_scenario")
+    assert "No scenario test matches the pytest arguments -k no_such_scenario" in err
+
+
+def test_plan_names_environments_by_pgbouncer_line(tmp_path: Path, fake_index: None,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.toml").write_text(GOOD_AXES)  # no pgbouncer axis: the installed one
+    assert cli.main(["matrix", "plan", "--matrix-file", str(tmp_path / "matrix.toml")]) == 0
+    assert capsys.readouterr().out.split() == [
+        "baseline", "py3.11-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18"]
+    assert cli.main(["matrix", "plan", "--matrix-file", str(tmp_path / "matrix.toml"),
+                     "--pgbouncer", "local", "1.24", "--format", "github"]) == 0
+    include = json.loads(capsys.readouterr().out)["include"]
+    assert [(e["slot"], e["pgbouncer"]) for e in include] == [("baseline", "1.18"),
+                                                              ("pgbouncer", "1.24")]
 
 
 def _write(path: Path, document: dict) -> Path:

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from harness.matrix import diff, merge, render_html, render_md, table
-from tests.test_matrix_merge import results_doc, two_envs
+from tests.test_matrix_merge import old_matrix, results_doc, two_envs
 
 MOVED_KEY = ("loop-bound-pool", "default-pool", "psycopg")
 
@@ -37,8 +37,8 @@ def test_new_release_pairs_by_slot() -> None:
                        (results_doc("3.11.7", "2.0.58", "4", moved={MOVED_KEY: "HARNESS_ERROR"}),
                         {"slot": "sqlalchemy"}, "b")])
     found = diff.compare(old, new)
-    assert ("py3.11-sa2.0.57-celery5.7.0-asyncpg0.32.0-psycopg3.3.9",
-            "py3.11-sa2.0.58-celery5.7.0-asyncpg0.32.0-psycopg3.3.9") in found.pairs
+    assert ("py3.11-sa2.0.57-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18",
+            "py3.11-sa2.0.58-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18") in found.pairs
     assert len(found.changes) == 1 and found.changes[0].new == "HARNESS_ERROR"
     assert not found.only_old_envs and not found.only_new_envs
 
@@ -64,12 +64,16 @@ def test_unpaired_environments_are_reported() -> None:
                        (results_doc("3.13.0", "2.1.9", "2"), {"slot": "python"}, "b")])
     new = single("3.11.7", "2.1.9", "baseline", "3")
     found = diff.compare(old, new)
-    assert found.only_old_envs == ["py3.13-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9"]
+    assert found.only_old_envs == [
+        "py3.13-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18"]
 
 
 def test_markdown_has_legend_claims_and_one_row_per_cell() -> None:
     text = render_md.render(two_envs())
-    assert "| E2 | sqlalchemy | 3.11.7 | **2.0.58** | 5.7.0 |" in text
+    assert ("| env | slot | Python | SQLAlchemy | Celery | asyncpg | psycopg | PgBouncer | "
+            "PostgreSQL | Redis | backend |") in text
+    assert ("| E2 | sqlalchemy | 3.11.7 | **2.0.58** | 5.7.0 | 0.32.0 | 3.3.9 | 1.18.0 | "
+            "15.18 | 7.0.15 | local |") in text
     assert "## loop-bound-pool" in text and "## engine-before-fork" in text
     assert "- psycopg: **depends on version** (E1 does not hold; E2 holds)" in text
     assert "| default-pool | psycopg | bad | CLEAN 12/12 | REPRODUCED 2/12 (!) | yes |" in text
@@ -106,3 +110,57 @@ def test_cell_text_and_counts() -> None:
     assert table.counts(cell) == "ok 2/12, other 10"
     assert table.cell_text(None) == "-"
     assert table.cell_text({"outcome": "N/A", "tasks": {}, "passed": True}) == "N/A"
+
+
+# --- the pgbouncer axis -------------------------------------------------------------
+def pgbouncer_matrix(started: bool = True) -> dict:
+    """Baseline on the local PgBouncer 1.18 and its pgbouncer variation on the 1.24 image."""
+    axes = {"python": "3.11", "sqlalchemy": "2.1.9", "celery": "5.7.0", "asyncpg": "0.32.0",
+            "psycopg": "3.3.9"}
+    return merge.merge([
+        (results_doc("3.11.7", "2.1.9", "1", pgbouncer="1.18.0" if started else None),
+         {"slot": "baseline", "axes": {**axes, "pgbouncer": "1.18"}}, "a"),
+        (results_doc("3.11.7", "2.1.9", "2", pgbouncer="1.24.1" if started else None,
+                     backend="docker", moved={MOVED_KEY: "REPRODUCED"}),
+         {"slot": "pgbouncer", "axes": {**axes, "pgbouncer": "1.24"}}, "b")])
+
+
+def test_the_legend_shows_the_pgbouncer_that_ran_and_bolds_the_axis_that_moved() -> None:
+    text = render_md.render(pgbouncer_matrix())
+    assert ("| E1 | baseline | 3.11.7 | 2.1.9 | 5.7.0 | 0.32.0 | 3.3.9 | 1.18.0 | 15.18 | "
+            "7.0.15 | local |") in text
+    assert ("| E2 | pgbouncer | 3.11.7 | 2.1.9 | 5.7.0 | 0.32.0 | 3.3.9 | **1.24.1** | 15.18 | "
+            "7.0.15 | docker |") in text
+    assert "| default-pool | psycopg | bad | CLEAN 12/12 | REPRODUCED 2/12 (!) | yes |" in text
+    # No PgBouncer started (a -k without the PgBouncer scenarios): the axis value shows.
+    text = render_md.render(pgbouncer_matrix(started=False))
+    assert "| 3.3.9 | 1.18 | 15.18 |" in text and "| 3.3.9 | **1.24** | 15.18 |" in text
+    assert table.changed_axes(pgbouncer_matrix()) == [set(), {"pgbouncer"}]
+    page = render_html.render(pgbouncer_matrix())
+    assert "<th>PgBouncer</th>" in page and '<td class="changed">1.24.1</td>' in page
+
+
+def test_an_old_matrix_renders_and_diffs_against_a_new_one() -> None:
+    old = old_matrix()  # as read without load_any: ids without -pgb, no pgbouncer field
+    assert "| 3.3.9 | 1.18.0 | 15.18 |" in render_md.render(old)
+    new = two_envs()
+    found = diff.compare(old, new)
+    assert len(found.pairs) == 2 and not found.only_old_envs and not found.only_new_envs
+    assert [(c.old, c.new) for c in found.changes] == []
+
+
+def test_unknown_pgbouncer_pairs_with_the_one_environment_that_agrees() -> None:
+    """A results file from a run that started no PgBouncer (pgb?) against a matrix run."""
+    old = merge.merge([(results_doc("3.11.7", "2.1.9", "1", pgbouncer=None), None, "a")])
+    new = merge.merge([
+        (results_doc("3.11.7", "2.1.9", "2", moved={MOVED_KEY: "REPRODUCED"}),
+         {"slot": "baseline"}, "b"),
+        (results_doc("3.13.0", "2.1.9", "3"), {"slot": "python"}, "c")])
+    found = diff.compare(old, new)
+    assert found.pairs == [(old["environments"][0]["id"], new["environments"][0]["id"])]
+    assert old["environments"][0]["id"].endswith("-pgb?")
+    assert [c.new for c in found.changes] == ["REPRODUCED"]
+    # Ambiguous (both new environments agree with it): not paired by versions.
+    new_two = pgbouncer_matrix()
+    found = diff.compare(old, new_two)
+    assert found.pairs == [] and found.only_old_envs == [old["environments"][0]["id"]]

@@ -11,7 +11,11 @@ import os
 import time
 from pathlib import Path
 
-from harness.matrix.environments import BUILD_TIMEOUT_S, STAMP, prune_superseded
+from harness.matrix.axes import Combination
+from harness.matrix.environments import BUILD_TIMEOUT_S, STAMP, env_key, prune_superseded
+from harness.matrix.versions import Interpreter
+
+ROOT = Path(__file__).resolve().parent.parent
 
 COMBO = "py3.11-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9"
 
@@ -48,3 +52,17 @@ def test_older_builds_of_this_checkout_go_and_the_rest_stays(tmp_path: Path) -> 
     for kept in (current, in_progress, theirs, unrecorded, other_combo):
         assert kept.exists(), kept
     assert not superseded.exists() and not abandoned.exists()
+
+
+def test_the_cache_key_ignores_the_pgbouncer_axis() -> None:
+    """PgBouncer is a service: two environments differing only in it share one folder."""
+    versions = {"python": "3.11", "sqlalchemy": "2.1.9", "celery": "5.7.0",
+                "asyncpg": "0.32.0", "psycopg": "3.3.9"}
+    interpreter = Interpreter(Path("/usr/bin/python3.11"), "3.11.2")
+    old = env_key(Combination({**versions, "pgbouncer": "1.18"}), interpreter, ROOT, "uv")
+    new = env_key(Combination({**versions, "pgbouncer": "1.24"}, "pgbouncer"), interpreter,
+                  ROOT, "uv")
+    assert old == new and old.startswith(COMBO + "-") and "pgb" not in old
+    other = env_key(Combination({**versions, "sqlalchemy": "2.0.58", "pgbouncer": "1.18"}),
+                    interpreter, ROOT, "uv")
+    assert other != old

@@ -46,8 +46,12 @@ def result(scenario: str, variant: str, role: str, driver: str, outcome: str,
 
 def results_doc(python: str, sqlalchemy: str, run_id: str = "20260101-000000-aaaaaa",
                 moved: Mapping[tuple[str, str, str], str] | None = None,
-                only: str | None = None) -> dict[str, Any]:
-    """A results.json document; ``moved`` overrides outcomes (expectations stay)."""
+                only: str | None = None, pgbouncer: str | None = "1.18.0",
+                backend: str = "local") -> dict[str, Any]:
+    """A results.json document; ``moved`` overrides outcomes (expectations stay).
+
+    ``pgbouncer``: the PgBouncer its services recorded (None: the run started none).
+    """
     rows = []
     for (scenario, variant, role), drivers in CELLS.items():
         if only and scenario != only:
@@ -59,8 +63,9 @@ def results_doc(python: str, sqlalchemy: str, run_id: str = "20260101-000000-aaa
             "environment": {"python": python,
                             "packages": {"sqlalchemy": sqlalchemy, "celery": "5.7.0",
                                          "asyncpg": "0.32.0", "psycopg": "3.3.9"},
-                            "libpq": {}, "services": {"backend": "local", "postgres": "15.18",
-                                                      "redis": "7.0.15"}},
+                            "libpq": {}, "services": {
+                                "backend": backend, "postgres": "15.18", "redis": "7.0.15",
+                                **({"pgbouncer": pgbouncer} if pgbouncer else {})}},
             "results": rows}
 
 
@@ -78,8 +83,8 @@ def test_environments_ordered_by_slot_and_cells_tagged() -> None:
     matrix = two_envs()
     assert matrix["kind"] == "matrix" and matrix["schema"] == 1
     assert [e["id"] for e in matrix["environments"]] == [
-        "py3.11-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9",
-        "py3.11-sa2.0.58-celery5.7.0-asyncpg0.32.0-psycopg3.3.9"]
+        "py3.11-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18",
+        "py3.11-sa2.0.58-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18"]
     assert [e["slot"] for e in matrix["environments"]] == ["baseline", "sqlalchemy"]
     assert len(matrix["results"]) == 16
     assert {r["env"] for r in matrix["results"]} == {e["id"] for e in matrix["environments"]}
@@ -157,3 +162,53 @@ def test_merge_paths_names_a_missing_path(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="No results.json under"):
         merge.merge_paths([tmp_path / "empty"])
+
+
+# --- the pgbouncer axis in merged matrices ------------------------------------------
+def test_the_pgbouncer_axis_comes_from_the_sidecar_else_the_services_else_unknown() -> None:
+    axes = {"python": "3.11", "sqlalchemy": "2.1.9", "celery": "5.7.0", "asyncpg": "0.32.0",
+            "psycopg": "3.3.9"}
+    matrix = merge.merge([
+        # A matrix run of the 1.24 variation that started no PgBouncer (-k loop_bound_pool).
+        (results_doc("3.11.7", "2.1.9", "1", pgbouncer=None, backend="docker"),
+         {"slot": "pgbouncer", "axes": {**axes, "pgbouncer": "1.24"}}, "a"),
+        # A plain pytest run on PgBouncer 1.18.0: no sidecar.
+        (results_doc("3.11.7", "2.1.9", "2"), None, "b"),
+        # A plain pytest run that started no PgBouncer.
+        (results_doc("3.11.7", "2.1.9", "3", pgbouncer=None), None, "c"),
+    ])
+    by_pgb = {e["pgbouncer"]: e["id"] for e in matrix["environments"]}
+    assert sorted(by_pgb) == ["1.18", "1.24", "?"]
+    assert by_pgb["1.24"].endswith("-psycopg3.3.9-pgb1.24")
+    assert by_pgb["?"].endswith("-psycopg3.3.9-pgb?")
+
+
+def old_matrix() -> dict[str, Any]:
+    """A matrix.json written before PgBouncer was an axis: ids and environments without it."""
+    matrix = two_envs()
+    rename = {e["id"]: e["id"].rsplit("-pgb", 1)[0] for e in matrix["environments"]}
+    for env in matrix["environments"]:
+        del env["pgbouncer"]
+        env["id"] = rename[env["id"]]
+    for row in matrix["results"]:
+        row["env"] = rename[row["env"]]
+    for verdict in matrix["verdicts"]:
+        verdict["by_env"] = {rename[k]: v for k, v in verdict["by_env"].items()}
+    return matrix
+
+
+def test_an_old_matrix_json_is_read_with_the_pgbouncer_its_services_recorded(
+        tmp_path: Path) -> None:
+    path = tmp_path / "matrix.json"
+    path.write_text(json.dumps(old_matrix()))
+    loaded = merge.load_any(path)
+    assert [e["id"] for e in loaded["environments"]] == [e["id"]
+                                                         for e in two_envs()["environments"]]
+    assert [e["pgbouncer"] for e in loaded["environments"]] == ["1.18", "1.18"]
+    assert [e["slot"] for e in loaded["environments"]] == ["baseline", "sqlalchemy"]
+    assert loaded["results"] == two_envs()["results"]
+    assert loaded["verdicts"] == two_envs()["verdicts"]
+    # ...and merges with a new shard.
+    again = merge.merge([(loaded, None, "old"), (results_doc("3.13.0", "2.1.9", "3"),
+                                                 {"slot": "python"}, "new")])
+    assert len(again["environments"]) == 3

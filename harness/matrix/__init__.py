@@ -3,9 +3,12 @@
 Data flows through the modules in this order:
 
     axes          matrix.toml / options -> the plan (baseline + one axis at a time, or all)
-    versions      every version checked on the package index; an interpreter per Python
-    environments  one cached virtualenv per combination (uv, else venv + pip)
-    run           pytest scenarios/ in each environment, with progress and time left
+    versions      every version checked on the package index; an interpreter per Python;
+                  a PgBouncer per PgBouncer version (local binary, else docker image)
+    environments  one cached virtualenv per combination of Python and packages (uv, else
+                  venv + pip); environments differing only in PgBouncer share one
+    run           pytest scenarios/ in each environment, on its PgBouncer's backend, with
+                  progress and time left
     merge         results.json files -> matrix.json (also for CI shards)
     table         rows and columns shared by the renderers
     render_md     matrix.md

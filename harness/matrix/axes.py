@@ -4,6 +4,11 @@ Responsibility: read the axes (``matrix.toml`` or command-line options), and tur
 them into a list of :class:`Combination`, either the baseline plus one-axis-at-a-time
 variations (the default) or the full cross product. Version strings here are
 still what the user wrote; :mod:`harness.matrix.versions` resolves and checks them.
+
+Two kinds of axis: the Python line and the four packages decide what is installed
+in an environment's virtualenv; ``pgbouncer`` is a SERVICE axis: it decides which
+PgBouncer the scenarios run against (the local binary or a docker image), not what
+is installed, so environments that differ only in it share one virtualenv.
 """
 
 from __future__ import annotations
@@ -26,10 +31,16 @@ else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
         tomllib = None  # type: ignore[assignment]
 
 # Declared once, in the order they appear in environment ids and report columns.
-AXES = ("python", "sqlalchemy", "celery", "asyncpg", "psycopg")
-PACKAGE_AXES = AXES[1:]
+AXES = ("python", "sqlalchemy", "celery", "asyncpg", "psycopg", "pgbouncer")
+PACKAGE_AXES = ("sqlalchemy", "celery", "asyncpg", "psycopg")
+# What decides a virtualenv's contents: every axis but the service ones.
+VENV_AXES = ("python", *PACKAGE_AXES)
+SERVICE_AXES = ("pgbouncer",)
 SHORT = {"python": "py", "sqlalchemy": "sa", "celery": "celery", "asyncpg": "asyncpg",
-         "psycopg": "psycopg"}
+         "psycopg": "psycopg", "pgbouncer": "pgb"}
+# An axis a matrix file may leave out, and the value it then has. A matrix.toml written
+# before PgBouncer was an axis keeps running on the installed PgBouncer.
+DEFAULTS = {"pgbouncer": ["local"]}
 # The extras the project's own dependencies ask for (pyproject.toml), so a pinned
 # install resolves the same optional packages as the project's .venv.
 REQUIREMENT = {"sqlalchemy": "sqlalchemy[asyncio]=={}", "celery": "celery[redis]=={}",
@@ -73,6 +84,11 @@ class Combination:
     def id(self) -> str:
         return env_id(self.versions)
 
+    @property
+    def venv_id(self) -> str:
+        """The id of its virtualenv: the id without the service axes, which install nothing."""
+        return env_id(self.versions, VENV_AXES)
+
     def requirements(self) -> list[str]:
         """Pinned requirement strings for the package axes."""
         return [REQUIREMENT[axis].format(self.versions[axis]) for axis in PACKAGE_AXES]
@@ -83,10 +99,10 @@ def python_minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def env_id(versions: Mapping[str, str]) -> str:
-    """The stable name of an environment, e.g. ``py3.13-sa2.1.9-celery5.7.0-...``."""
+def env_id(versions: Mapping[str, str], axes: Sequence[str] = AXES) -> str:
+    """The stable name of an environment, e.g. ``py3.13-sa2.1.9-...-psycopg3.3.9-pgb1.18``."""
     parts = []
-    for axis in AXES:
+    for axis in axes:
         value = versions.get(axis, "?")
         parts.append(SHORT[axis] + (python_minor(value) if axis == "python" else value))
     return "-".join(parts)
@@ -150,6 +166,8 @@ def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | 
     axes = dict(spec.axes) if spec else {}
     given = {k: list(v) for k, v in options.items() if v}
     axes.update(given)
+    for axis, default in DEFAULTS.items():
+        axes.setdefault(axis, list(default))
     missing = [axis for axis in AXES if axis not in axes]
     if missing:
         where = f"{spec.source}" if spec else "the options (no matrix file was read)"

@@ -1,8 +1,9 @@
 """What ``harness matrix``, ``harness matrix plan|merge`` and ``harness report`` do.
 
 Responsibility: the order of the steps. Everything that can be checked without
-building is checked first (axes, every version on the index, interpreters, the
-baseline file, the pytest selection), then environments are built one at a time
+building is checked first (axes, every version on the index, interpreters, a
+PgBouncer for every PgBouncer version, the baseline file, the pytest selection),
+then environments are built one at a time
 (the machine is shared; a build uses the network and one core), then each runs
 its scenarios with xdist, then one merge writes the three outputs.
 
@@ -52,10 +53,14 @@ def say(message: str) -> None:
 
 def load_spec(project_root: Path, matrix_file: Path | None,
               options: Mapping[str, Sequence[str] | None], full: bool) -> axes.MatrixSpec:
-    """Axes from the matrix file (explicit, else ./matrix.toml if present) and options."""
+    """Axes from the matrix file (explicit, else ./matrix.toml if present) and options.
+
+    PgBouncer values are checked for their form and ``local`` becomes the installed
+    binary's ``X.Y`` here, so the plan and the run name environments alike.
+    """
     path = matrix_file or project_root / "matrix.toml"
     spec = axes.load_toml(path) if (matrix_file or path.exists()) else None
-    return axes.with_options(spec, options, full)
+    return versions.resolve_pgbouncer(axes.with_options(spec, options, full))
 
 
 def planned(spec: axes.MatrixSpec, only: Sequence[str] = ()) -> list[axes.Combination]:
@@ -140,12 +145,16 @@ def run_matrix(opts: MatrixOptions) -> int:
     baseline = merge.load_any(opts.baseline) if opts.baseline else None
     say(f"checking the versions of {spec.source} on the package index")
     spec = versions.resolve_spec(spec)
-    pythons = versions.find_pythons(spec)
     combos = planned(spec, opts.only)
+    # Only what the planned environments use must exist here: a CI shard (--only) needs
+    # neither the other Python lines nor the other PgBouncer versions.
+    pythons = versions.find_pythons(spec, wanted=[c.versions["python"] for c in combos])
+    pgbouncers = versions.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
     tests = check_selection(opts.project_root, opts.pytest_args)
     say(f"{len(combos)} environments ({spec.mode}), {tests} scenario tests each:")
     for c in combos:
-        say(f"  {c.slot:<12} {c.id}  (python {pythons[c.versions['python']].version})")
+        say(f"  {c.slot:<12} {c.id}  (python {pythons[c.versions['python']].version}, "
+            f"{pgbouncers[c.versions['pgbouncer']].describe()})")
     progress = Progress(len(combos), tests)
     out = opts.out.resolve()
     failed: list[str] = []
@@ -165,7 +174,8 @@ def run_matrix(opts: MatrixOptions) -> int:
     for env in built:
         run = run_env(env, opts.project_root, out / "runs", out / "logs" / f"{env.combo.id}"
                       ".pytest.log", workers=opts.workers, pytest_args=opts.pytest_args,
-                      progress=progress, timeout_s=opts.env_timeout_s)
+                      progress=progress, timeout_s=opts.env_timeout_s,
+                      pgbouncer=pgbouncers[env.combo.versions["pgbouncer"]])
         progress.env_ran(run)
         if run.error:
             failed.append(f"{env.combo.id}: {run.error}")
@@ -188,6 +198,8 @@ def plan_command(project_root: Path, matrix_file: Path | None,
     """``harness matrix plan``: the environments, as text or a GitHub Actions include list."""
     spec = load_spec(project_root, matrix_file, options, full)
     if check:  # CI's plan job checks versions once, before any runner starts
+        # Package versions only: whether a PgBouncer version has a binary or an image is
+        # a question for the machine that runs the environment (harness matrix --only).
         spec = versions.resolve_spec(spec)
     combos = planned(spec)
     if fmt == "github":

@@ -3,7 +3,9 @@
 Responsibility: pair the environments of an old and a new matrix, compare each
 cell (scenario x variant x driver) of each pair, and say what moved.
 
-Pairing, in order: the same environment id (same versions); then the same slot
+Pairing, in order: the same environment id (same versions); then the one
+environment whose versions agree wherever both sides know them (a results file of a
+run that started no PgBouncer has ``pgb?`` in its id); then the same slot
 (``baseline`` with ``baseline``, the ``sqlalchemy`` variation with the
 ``sqlalchemy`` variation, so bumping a version in matrix.toml compares the new
 release with the old one); then, when exactly one environment is left on each
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.matrix.merge import cell_key
+from harness.matrix.merge import axis_values, cell_key
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,14 @@ def pair_environments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tu
     left_old = [e for e in old_envs if e not in new_envs]
     left_new = [e for e in new_envs if e not in old_envs]
     for eid in list(left_old):
+        mine = axis_values(old_envs[eid])
+        same = [n for n in left_new if _agree(mine, axis_values(new_envs[n]))]
+        if len(same) == 1 and sum(_agree(axis_values(old_envs[o]), axis_values(
+                new_envs[same[0]])) for o in left_old) == 1:
+            pairs.append((eid, same[0]))
+            left_old.remove(eid)
+            left_new.remove(same[0])
+    for eid in list(left_old):
         slot = old_envs[eid].get("slot")
         same = [n for n in left_new if new_envs[n].get("slot") == slot and slot != "product"]
         if len(same) == 1:
@@ -65,6 +75,11 @@ def pair_environments(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tu
     if len(left_old) == 1 and len(left_new) == 1:
         pairs.append((left_old[0], left_new[0]))
     return pairs
+
+
+def _agree(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    """The same versions on every axis both know (``?``: unknown, agrees with anything)."""
+    return all(a[axis] == b[axis] or "?" in (a[axis], b[axis]) for axis in a)
 
 
 def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> Diff:

@@ -7,7 +7,9 @@ reusing the one built last time when nothing that decides its contents changed.
 Why an editable install: the environment pins third-party versions; the harness
 and the scenarios under test are always this working tree. So editing a scenario
 never needs a rebuild, and the cache key is only what decides the installed
-packages (interpreter, pins, pyproject.toml, project folder, installer).
+packages (interpreter, pins, pyproject.toml, project folder, installer). The service
+axes (PgBouncer) install nothing: environments that differ only in them share one
+folder, named by :attr:`Combination.venv_id`.
 
 Installer: uv when it is installed (seconds per environment, a shared wheel
 cache), else ``python -m venv`` + pip. uv does not read pip's configuration, so
@@ -74,13 +76,17 @@ def find_uv() -> str | None:
 
 def env_key(combo: Combination, interpreter: Interpreter, project_root: Path,
             installer: str) -> str:
-    """Folder name: readable id plus a hash of everything that decides the contents."""
+    """Folder name: readable id plus a hash of everything that decides the contents.
+
+    Neither part depends on the service axes (``pgbouncer``): they change which
+    services the scenarios run against, not what is installed.
+    """
     facts = {"requirements": combo.requirements(), "python": str(interpreter.path),
              "python_version": interpreter.version, "project": str(project_root.resolve()),
              "pyproject": hashlib.sha256((project_root / "pyproject.toml").read_bytes())
              .hexdigest(), "installer": installer}
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{combo.id}-{digest}"
+    return f"{combo.venv_id}-{digest}"
 
 
 def run_bounded(argv: Sequence[str], log_path: Path, *, timeout_s: float, what: str,
@@ -163,7 +169,7 @@ def _check_versions(combo: Combination, python: Path, log_path: Path) -> dict[st
     wrong = {a: have.get(DISTRIBUTION[a]) for a in PACKAGE_AXES
              if have.get(DISTRIBUTION[a]) != combo.versions[a]}
     if wrong:
-        raise EnvBuildError(f"The environment for {combo.id} got {wrong} instead of the "
+        raise EnvBuildError(f"The environment for {combo.venv_id} got {wrong} instead of the "
                             f"pinned versions. See {log_path}.")
     return have
 
@@ -184,7 +190,7 @@ def build(combo: Combination, interpreter: Interpreter, project_root: Path, *,
     path.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     python = path / "bin" / "python"
-    what = f"the environment {combo.id}"
+    what = f"the environment {combo.venv_id}"
     packages = ["-e", str(project_root), *combo.requirements()]
     if uv:
         env = uv_environment()
@@ -201,7 +207,7 @@ def build(combo: Combination, interpreter: Interpreter, project_root: Path, *,
         run_bounded([str(python), "-m", "pip", "install", "--quiet", *packages], log_path,
                     timeout_s=timeout_s, what=f"pip to install the pinned packages into {what}")
     have = _check_versions(combo, python, log_path)
-    stamp.write_text(json.dumps({"id": combo.id, "installer": installer, "packages": have,
+    stamp.write_text(json.dumps({"id": combo.venv_id, "installer": installer, "packages": have,
                                  "python": interpreter.version,
                                  "project": str(project_root.resolve()),
                                  "built": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))

@@ -8,12 +8,19 @@ the same matrix.
 entries, unchanged) and ``"kind": "matrix"``::
 
     {"schema": 1, "kind": "matrix",
-     "environments": [{"id": "py3.13-sa2.1.9-...", "slot": "baseline", "python": "3.13.0",
+     "environments": [{"id": "py3.13-sa2.1.9-...-pgb1.18", "slot": "baseline",
+                       "python": "3.13.0", "pgbouncer": "1.18",
                        "packages": {...}, "services": {...}, "libpq": {...},
                        "run_id": "...", "source": "runs/.../results.json"}],
      "results": [{...one results.json entry..., "env": "py3.13-sa2.1.9-..."}],
      "verdicts": [{"scenario": ..., "driver": ..., "claim": {...}, "overall": "holds",
                    "by_env": {"py3.13-...": {"verdict": "holds", "detail": "..."}}}]}
+
+``pgbouncer`` is the value of the PgBouncer axis the environment stood for (``X.Y``),
+from the sidecar a matrix run writes. Results without it (a plain pytest run, a
+matrix.json written before PgBouncer was an axis) take the line of the PgBouncer
+their services recorded, else ``?``; :func:`load_any` brings an older matrix.json
+up to date the same way, so it still merges, diffs and renders.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from typing import Any
 from harness import results as results_file
 from harness import verdict as verdicts
 from harness.errors import ConfigError
-from harness.matrix.axes import AXES, BASELINE, env_id
+from harness.matrix.axes import AXES, BASELINE, PACKAGE_AXES, env_id
 from harness.matrix.run import SIDECAR
+from harness.matrix.versions import pgbouncer_line
 
 KIND = "matrix"
 DEPENDS = "depends on version"
@@ -36,12 +44,26 @@ REAL = (verdicts.HOLDS, verdicts.DIFFERENT_ERROR, verdicts.DOES_NOT_HOLD)
 SLOT_ORDER = (BASELINE, *AXES)
 
 
+def pgbouncer_axis(environment: Mapping[str, Any]) -> str:
+    """The PgBouncer axis value of an environment block: its own, else the line of the
+    PgBouncer its services recorded, else ``?`` (no PgBouncer was started)."""
+    if environment.get("pgbouncer"):
+        return str(environment["pgbouncer"])
+    used = str((environment.get("services") or {}).get("pgbouncer", ""))
+    return pgbouncer_line(used) if used[:1].isdigit() else "?"
+
+
+def axis_values(environment: Mapping[str, Any]) -> dict[str, str]:
+    """Axis -> version of a results.json or matrix ``environment`` block (python in full)."""
+    packages = environment.get("packages", {})
+    return {"python": environment.get("python", "?"),
+            **{axis: packages.get(axis, "?") for axis in PACKAGE_AXES},
+            "pgbouncer": pgbouncer_axis(environment)}
+
+
 def environment_id(environment: Mapping[str, Any]) -> str:
     """The environment id of a results.json ``environment`` block."""
-    packages = environment.get("packages", {})
-    versions = {"python": environment.get("python", "?"),
-                **{axis: packages.get(axis, "?") for axis in AXES[1:]}}
-    return env_id(versions)
+    return env_id(axis_values(environment))
 
 
 def cell_key(result: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -93,7 +115,9 @@ def merge(documents: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None,
         else:
             flat.append((document, sidecar, source))
     for document, sidecar, source in sorted(flat, key=lambda d: d[0].get("run_id", "")):
-        environment = document["environment"]
+        environment = dict(document["environment"])
+        wanted = ((sidecar or {}).get("axes") or {}).get("pgbouncer")
+        environment["pgbouncer"] = wanted or pgbouncer_axis(environment)
         eid = environment_id(environment)
         slot = (sidecar or {}).get("slot") or envs.get(eid, {}).get("slot") or eid
         envs[eid] = {"id": eid, "slot": slot, **environment,
@@ -158,7 +182,9 @@ def load_any(path: Path) -> dict[str, Any]:
     """
     document = results_file.load(path)
     if document.get("kind") == KIND:
-        return document
+        if all("pgbouncer" in env for env in document["environments"]):
+            return document
+        return merge([(document, None, str(path))])  # written before the pgbouncer axis
     return merge([(document, read_sidecar(path), str(path))])
 
 

@@ -22,6 +22,7 @@ from typing import TextIO
 
 from harness import _process
 from harness.matrix.environments import BuiltEnv
+from harness.matrix.versions import PgBouncerSource, pgbouncer_line
 
 RUN_TIMEOUT_S = 3600
 SIDECAR = "matrix-env.json"
@@ -129,15 +130,21 @@ def _count(log: Path) -> tuple[int, int]:
 
 def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
             workers: int, pytest_args: Sequence[str], progress: Progress,
-            timeout_s: float = RUN_TIMEOUT_S) -> EnvRun:
-    """Run the scenarios in ``built``; results go to ``runs_dir/<env id>/<run id>/``."""
+            timeout_s: float = RUN_TIMEOUT_S, pgbouncer: PgBouncerSource | None = None
+            ) -> EnvRun:
+    """Run the scenarios in ``built``; results go to ``runs_dir/<env id>/<run id>/``.
+
+    ``pgbouncer`` says where this environment's PgBouncer comes from: its backend goes
+    on pytest's command line (before the user's arguments, which win) and its image
+    into ``HARNESS_IMAGE_PGBOUNCER`` of the pytest process only.
+    """
     results_dir = runs_dir / built.combo.id
     results_dir.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     argv = [str(built.python), "-m", "pytest", "scenarios/", "-v", "-p", "no:cacheprovider",
             "--results-dir", str(results_dir), *(["-n", str(workers)] if workers > 1 else []),
-            *pytest_args]
+            *(pgbouncer.pytest_args() if pgbouncer else []), *pytest_args]
     before = _latest(results_dir)
     started = time.monotonic()
     # As if the environment were activated: nothing the run starts by name can come
@@ -145,6 +152,7 @@ def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
     env["VIRTUAL_ENV"] = str(built.path)
     env["PATH"] = os.pathsep.join([str(built.path / "bin"), env.get("PATH", "")])
+    env.update(pgbouncer.environ() if pgbouncer else {})
     proc = _process.ManagedProcess(argv, log, env=env, cwd=project_root)
     timed_out = False
     while proc.alive():
@@ -167,16 +175,38 @@ def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
         run.error = (f"pytest exited {code} without writing results.json; last lines of "
                      f"{log}:\n{_process.tail(log, 20)}")
     if after is not None and after != before:
-        run.results = after
+        document = json.loads(after.read_text())
         # The final counts come from results.json, not from the console log.
-        rows = json.loads(after.read_text()).get("results", [])
+        rows = document.get("results", [])
         run.tests_done = len(rows)
         run.moved = sum(1 for r in rows if r.get("passed") is False)
+        wrong = wrong_pgbouncer(built.combo.versions.get("pgbouncer"),
+                                document.get("environment", {}).get("services", {}))
+        if wrong:  # its cells would be shown under a PgBouncer they did not run on
+            run.error = f"{wrong}; its results ({after}) are left out of the matrix"
+            return run
+        run.results = after
         (after.parent / SIDECAR).write_text(json.dumps(
             {"id": built.combo.id, "slot": built.combo.slot,
              "axes": dict(built.combo.versions), "env_path": str(built.path),
+             "backend": pgbouncer.backend if pgbouncer else None,
+             "pgbouncer_image": pgbouncer.image if pgbouncer else None,
              "pytest_exit": code, "pytest_args": list(pytest_args)}, indent=1) + "\n")
     return run
+
+
+def wrong_pgbouncer(wanted: str | None, services: dict[str, str]) -> str | None:
+    """Why the PgBouncer a run used is not the one its environment stands for, or None.
+
+    Only a run that started a PgBouncer recorded one; a version the image did not
+    say (``unknown``) cannot be checked.
+    """
+    used = services.get("pgbouncer")
+    if not wanted or not used or not used[:1].isdigit() or pgbouncer_line(used) == wanted:
+        return None
+    return (f"the environment stands for PgBouncer {wanted}, but its scenarios ran on "
+            f"PgBouncer {used} (backend {services.get('backend', '?')}): a --backend after "
+            f"-- overrode the matrix's choice, or HARNESS_IMAGE_PGBOUNCER names another image")
 
 
 def _latest(results_dir: Path) -> Path | None:

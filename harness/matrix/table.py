@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from harness.matrix.axes import AXES
+from harness.matrix.merge import axis_values
+from harness.matrix.versions import pgbouncer_line
 
-# Column headings for the environment legend (axis -> label); services follow.
+# Column headings for the environment legend (axis -> label); the services that are
+# not axes follow, and the backend they ran on (local binaries or docker images).
 AXIS_LABELS = {"python": "Python", "sqlalchemy": "SQLAlchemy", "celery": "Celery",
-               "asyncpg": "asyncpg", "psycopg": "psycopg"}
-SERVICE_LABELS = {"postgres": "PostgreSQL", "pgbouncer": "PgBouncer", "redis": "Redis"}
+               "asyncpg": "asyncpg", "psycopg": "psycopg", "pgbouncer": "PgBouncer"}
+SERVICE_LABELS = {"postgres": "PostgreSQL", "redis": "Redis", "backend": "backend"}
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,13 @@ class Row:
 
 
 def env_versions(env: Mapping[str, Any]) -> dict[str, str]:
-    """Axis -> version of one matrix environment (python in full)."""
-    packages = env.get("packages", {})
-    return {"python": env.get("python", "?"),
-            **{axis: packages.get(axis, "?") for axis in AXES[1:]}}
+    """Axis -> version to show for one matrix environment (python in full; PgBouncer in
+    full when the run started one of its line, else the axis value ``X.Y``)."""
+    versions = axis_values(env)
+    used = str(env.get("services", {}).get("pgbouncer", ""))
+    if used[:1].isdigit() and versions["pgbouncer"] in ("?", pgbouncer_line(used)):
+        versions["pgbouncer"] = used
+    return versions
 
 
 def env_services(env: Mapping[str, Any]) -> dict[str, str]:
@@ -61,8 +66,10 @@ def changed_axes(matrix: Mapping[str, Any]) -> list[set[str]]:
     envs = matrix["environments"]
     if not envs:
         return []
-    first = env_versions(envs[0])
-    return [{a for a, v in env_versions(e).items() if v != first[a]} for e in envs]
+    # Axis values, not the versions shown: an environment that started no PgBouncer
+    # (a -k without the PgBouncer scenarios) knows only its line, 1.18, not 1.18.0.
+    first = axis_values(envs[0])
+    return [{a for a, v in axis_values(e).items() if v != first[a]} for e in envs]
 
 
 def rows(matrix: Mapping[str, Any]) -> list[Row]:
