@@ -89,7 +89,10 @@ class LocalPostgres(StartStop):
             self._proc = ManagedProcess(
                 [postgres, "-D", str(data), "-c", f"port={self.port}",
                  "-c", f"listen_addresses={LOOPBACK}",
-                 "-c", f"unix_socket_directories={self._dir}",
+                 # TCP only: the harness never uses a Unix socket, and a socket path
+                 # under a long TMPDIR exceeds Linux's 107 bytes (PostgreSQL then refuses
+                 # to start: "could not create any Unix-domain sockets").
+                 "-c", "unix_socket_directories=",
                  "-c", f"max_connections={self.settings.max_connections}",
                  "-c", "fsync=off", "-c", "synchronous_commit=off",
                  "-c", "full_page_writes=off", "-c", "shared_buffers=32MB",
@@ -102,6 +105,7 @@ class LocalPostgres(StartStop):
                 self.start_s = time.monotonic() - began
                 return
             log_tail = self._proc.tail()
+            exit_code = self._proc.popen.poll()  # None: it is still running, just silent
             self._proc.stop(grace_s=2)
             if "already in use" in log_tail:
                 if self.settings.port:
@@ -111,10 +115,10 @@ class LocalPostgres(StartStop):
                         f"and a free one is picked).\n{log_tail}"
                     )
                 continue  # another process took the free port first: pick a new one
-            raise ServiceStartError(
-                f"PostgreSQL did not answer 'select version()' on {LOOPBACK}:{self.port} "
-                f"within {self.settings.start_timeout_s:.0f} s. Log tail:\n{log_tail}"
-            )
+            what = (f"exited at start (code {exit_code})" if exit_code is not None
+                    else f"did not answer 'select version()' on {LOOPBACK}:{self.port} "
+                         f"within {self.settings.start_timeout_s:.0f} s")
+            raise ServiceStartError(f"PostgreSQL {what}. Its log tail:\n{log_tail}")
         raise PortInUseError(
             f"PostgreSQL found no free port after {attempts} tries; something keeps "
             f"taking ports on {LOOPBACK}."
