@@ -109,6 +109,23 @@ def version_tuple(version: str | None) -> tuple[int, ...]:
         return ()
 
 
+def before_package(package: str, version: str, older: Expected | Rule,
+                   otherwise: Expected | Rule, why: str) -> Rule:
+    """``older`` where the installed ``package`` is older than ``version``, else ``otherwise``.
+
+    Either side may itself be a rule (a PgBouncer rule, say); ``why`` names the change
+    in ``package`` that moves the outcome, so a matrix cell that differs by version
+    carries its reason instead of reading as a regression.
+    """
+    def rule(env: RunEnv) -> Expected:
+        is_older = version_tuple(env.packages.get(package)) < version_tuple(version)
+        chosen = older if is_older else otherwise
+        found = chosen if isinstance(chosen, Expected) else chosen(env)
+        return Expected(found.outcome, found.signatures, why if is_older else found.why)
+    rule.__doc__ = why
+    return rule
+
+
 def needs_pgbouncer(minimum: str, feature: str) -> Callable[[RunEnv], str | None]:
     """A ``Variant.requires`` check: n/a unless PgBouncer >= ``minimum`` is installed."""
     def check(env: RunEnv) -> str | None:

@@ -98,10 +98,20 @@ PgBouncer 1.24 and later (observed with PgBouncer 1.24.1 on the docker backend)
     rules: reproduces on PgBouncer < 1.24, clean from 1.24 on. Setting
     ``max_prepared_statements = 0`` on a newer PgBouncer brings the failures back.
 
+asyncpg before 0.31 (seen with 0.30.0 in two default-matrix runs)
+    No client-side fix works: ``statement-cache-size-0-*``, ``uuid-names-one-execution-*``
+    and ``uuid-names-prepared-statement-cache-size-0-*`` all fail with "already
+    exists"/"does not exist" on ``__asyncpg_stmt_<n>__`` names. asyncpg 0.30's
+    ``Connection._prepare`` passes ``named=True`` whenever no name is given, whatever
+    ``statement_cache_size`` says (0.31+: ``name = self._stmt_cache_enabled``), and on
+    every new connection it introspects the types of SQLAlchemy's codecs with a
+    named, cached statement (0.31+ answers built-in types without a query). The
+    version rule ``named_before_asyncpg_031`` says so.
+
 Which fix works and why
     ``connect_args={"statement_cache_size": 0}`` with either pool: no named
-    statement ever outlives its transaction. uuid names work only together with
-    ``prepared_statement_cache_size=0``. With PgBouncer >= 1.21,
+    statement ever outlives its transaction (asyncpg >= 0.31). uuid names work only
+    together with ``prepared_statement_cache_size=0``. With PgBouncer >= 1.21,
     ``max_prepared_statements`` keeps the benefit of prepared statements.
 
 Sources
@@ -126,6 +136,7 @@ from harness.scenario import (
     StackSpec,
     Variant,
     Workload,
+    before_package,
     clean,
     needs_pgbouncer,
     reproduces,
@@ -153,6 +164,18 @@ COLLISIONS_ONLY = before_tracking_default(reproduces(
 MISSING_ONLY = before_tracking_default(reproduces(
     "prepared-statement-missing",
     why="uuid names never collide; a cached statement reused on another server connection fails"))
+NAMES_EVERY_STATEMENT = (
+    "asyncpg < 0.31 names every statement prepare() makes (named=True when no name is "
+    "given, whatever statement_cache_size) and introspects codec types with a named cached "
+    "statement on each new connection (connection.py, 0.30.0 against 0.32.0)")
+
+
+def named_before_asyncpg_031(newer):
+    """A client-side fix: ``newer`` on asyncpg >= 0.31; before, the names still collide."""
+    return before_package("asyncpg", "0.31", COLLISIONS_AND_MISSING, newer,
+                          why=NAMES_EVERY_STATEMENT)
+
+
 TRACKED = clean(why="PgBouncer >= 1.21 tracks named statements (its documentation); "
                     "not yet observed here")
 
@@ -180,9 +203,9 @@ SCENARIO = Scenario(
         Variant("no-fix-one-execution-nullpool", Role.BAD, {**NULL, "executions": 1},
                 expect=COLLISIONS_ONLY),
         Variant("statement-cache-size-0-nullpool", Role.ARTICLE_FIX,
-                {**NULL, **ASYNCPG_CACHE_OFF}, expect=clean()),
+                {**NULL, **ASYNCPG_CACHE_OFF}, expect=named_before_asyncpg_031(clean())),
         Variant("statement-cache-size-0-default-pool", Role.FIX,
-                {**POOLED, **ASYNCPG_CACHE_OFF}, expect=clean()),
+                {**POOLED, **ASYNCPG_CACHE_OFF}, expect=named_before_asyncpg_031(clean())),
         Variant("prepared-statement-cache-size-0-nullpool", Role.PARTIAL_FIX,
                 {**NULL, **SQLALCHEMY_CACHE_OFF}, expect=COLLISIONS_ONLY),
         Variant("prepared-statement-cache-size-0-default-pool", Role.PARTIAL_FIX,
@@ -192,11 +215,11 @@ SCENARIO = Scenario(
         Variant("uuid-names-default-pool", Role.PARTIAL_FIX, {**POOLED, **UUID_NAMES},
                 expect=MISSING_ONLY),
         Variant("uuid-names-one-execution-nullpool", Role.FIX,
-                {**NULL, **UUID_NAMES, "executions": 1}, expect=clean()),
+                {**NULL, **UUID_NAMES, "executions": 1}, expect=named_before_asyncpg_031(clean())),
         Variant("uuid-names-prepared-statement-cache-size-0-nullpool", Role.FIX,
-                {**NULL, **UUID_NAMES, **SQLALCHEMY_CACHE_OFF}, expect=clean()),
+                {**NULL, **UUID_NAMES, **SQLALCHEMY_CACHE_OFF}, expect=named_before_asyncpg_031(clean())),
         Variant("uuid-names-prepared-statement-cache-size-0-default-pool", Role.FIX,
-                {**POOLED, **UUID_NAMES, **SQLALCHEMY_CACHE_OFF}, expect=clean()),
+                {**POOLED, **UUID_NAMES, **SQLALCHEMY_CACHE_OFF}, expect=named_before_asyncpg_031(clean())),
         Variant("max-prepared-statements-nullpool", Role.FIX, NULL, stack=PGBOUNCER_TRACKING,
                 requires=NEEDS_TRACKING, expect=TRACKED),
         Variant("max-prepared-statements-default-pool", Role.FIX, POOLED,
