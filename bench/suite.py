@@ -54,8 +54,17 @@ def main() -> int:
         for r in json.loads(results_path.read_text())["results"]:
             cell = f"{r['scenario']}/{r['variant']}/{r['driver']}"
             words.setdefault(cell, {})[f"n{workers}"] = r["outcome"]
+        # Written after every configuration: a long serial run stopped early keeps the rest.
+        differ = report(figures, words, extra)
+    return 1 if differ else 0
+
+
+def report(figures: dict[str, dict], words: dict[str, dict[str, str]],
+           extra: list[str]) -> dict[str, dict[str, str]]:
+    """Write reports/bench/suite.json for the configurations run so far."""
+    runs = len(figures)
     differ = {cell: seen for cell, seen in sorted(words.items())
-              if len(set(seen.values())) > 1 or len(seen) < len(args.workers)}
+              if len(set(seen.values())) > 1 or len(seen) < runs}
     serial = figures.get("n0", {}).get("wall_s")
     for key, value in figures.items():
         if serial and key != "n0":
@@ -65,8 +74,8 @@ def main() -> int:
     for cell, seen in differ.items():
         print(f"DIFFERS {cell}: {seen}")
     print(f"{len(words) - len(differ)} of {len(words)} cells gave one outcome word in every "
-          f"configuration")
-    return 1 if differ else 0
+          f"configuration so far")
+    return differ
 
 
 if __name__ == "__main__":
