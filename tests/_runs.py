@@ -136,3 +136,17 @@ def wait_until_gone(mark: str, private_tmp: Path, timeout_s: float = GONE_BOUND_
     while (left := run_processes(mark, private_tmp)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return [p.cmdline for p in left]
+
+
+def assert_nothing_left(mark: str, private_tmp: Path, *, wait: bool = True,
+                        context: str = "") -> None:
+    """No process of the run is alive and its private TMPDIR is empty.
+
+    ``wait``: give processes a bounded while to exit first (after a signal or a crash);
+    a run that ended normally must have stopped everything itself, so no waiting then.
+    """
+    left = (wait_until_gone(mark, private_tmp) if wait
+            else [p.cmdline for p in run_processes(mark, private_tmp)])
+    assert left == [], f"processes outlived the run: {left}{context}"
+    folders = sorted(p.name for p in private_tmp.iterdir())
+    assert folders == [], f"temp folders were left behind: {folders}"

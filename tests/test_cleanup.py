@@ -11,13 +11,13 @@ import pytest
 
 from harness.services.base import remove_tree
 from tests._runs import (
+    assert_nothing_left,
     finish,
     log_tail,
     private_run_env,
     run_processes,
     start_pytest,
     wait_for_path,
-    wait_until_gone,
 )
 
 SLOW = textwrap.dedent('''
@@ -46,9 +46,7 @@ def test_a_completed_run_leaves_no_process_and_no_temp_folder(tmp_path: Path):
     try:
         assert finish(run, output) == 0, log_tail(output, 3000)
         # A run that ended normally has stopped everything itself: no waiting here.
-        left = [p.cmdline for p in run_processes(mark, private_tmp)]
-        assert left == [], f"processes outlived the run: {left}"
-        assert list(private_tmp.iterdir()) == [], "temp folders were left behind"
+        assert_nothing_left(mark, private_tmp, wait=False)
     finally:
         run.kill()
         run.wait(timeout=10)
@@ -71,9 +69,7 @@ def test_an_interrupted_run_leaves_no_process_and_no_temp_folder(tmp_path: Path,
             "the run's processes should be alive before the signal"
         run.send_signal(signum)
         code = finish(run, output, timeout_s=60)
-        left = wait_until_gone(mark, private_tmp)
-        assert left == [], f"processes outlived the run: {left}\n{log_tail(output, 3000)}"
-        assert list(private_tmp.iterdir()) == [], "temp folders were left behind"
+        assert_nothing_left(mark, private_tmp, context="\n" + log_tail(output, 3000))
         assert code != 0
     finally:
         run.kill()

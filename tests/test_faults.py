@@ -27,13 +27,13 @@ from harness.services.base import remove_tree
 from tests._runs import (
     ROOT,
     Proc,
+    assert_nothing_left,
     finish,
     log_tail,
     private_run_env,
     run_processes,
     start_pytest,
     wait_for_path,
-    wait_until_gone,
 )
 
 # What tests/apps/faults.py logs just before its call sleeps in a query (that app
@@ -115,9 +115,7 @@ def test_a_service_that_dies_mid_run_spoils_one_variant_not_the_run(tmp_path: Pa
         assert after["outcome"] == after["expected"] == "CLEAN", \
             f"the variant after the fault did not get working services: {after}"
         assert code == 1, f"only the struck variant should fail\n{log_tail(output)}"
-        left = wait_until_gone(mark, private_tmp)
-        assert left == [], f"processes outlived the run: {left}"
-        assert list(private_tmp.iterdir()) == [], "temp folders were left behind"
+        assert_nothing_left(mark, private_tmp)
     finally:
         run.kill()
         run.wait(timeout=10)
@@ -166,12 +164,9 @@ def test_a_crashed_xdist_worker_takes_its_celery_worker_and_services_with_it(tmp
         # worker, or on the one xdist starts in place of the dead one) and got its result.
         after = results_of(results_dir, output)["after-psycopg"]
         assert after["outcome"] == after["expected"] == "CLEAN", after
-        left = wait_until_gone(mark, private_tmp)
-        assert left == [], f"processes outlived the xdist worker: {left}"
         # The killed worker could not remove its harness-run-* folder; the controller's
         # sweep at the end of the session must have.
-        assert list(private_tmp.iterdir()) == [], \
-            f"temp folders were left behind: {sorted(p.name for p in private_tmp.iterdir())}"
+        assert_nothing_left(mark, private_tmp, context=" (after the xdist worker was killed)")
     finally:
         run.kill()
         run.wait(timeout=10)
@@ -199,9 +194,7 @@ def test_two_runs_at_once_do_not_see_each_other(tmp_path: Path):
             for cell, result in results.items():
                 assert result["passed"] and result["outcome"] == result["expected"], (cell, result)
         for _run, _output, _results_dir, private_tmp, mark in runs:
-            left = wait_until_gone(mark, private_tmp)
-            assert left == [], f"processes outlived the run: {left}"
-            assert list(private_tmp.iterdir()) == [], "temp folders were left behind"
+            assert_nothing_left(mark, private_tmp)
     finally:
         for run, _output, _results_dir, private_tmp, _mark in runs:
             run.kill()
