@@ -128,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     command = [str(python), "-m", "pytest", TARGETS[target], *extra]
     say("running " + " ".join(command[2:]))
     os.chdir(ROOT)
-    return subprocess.run(command, check=False).returncode
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # exec, not a child process: this process becomes pytest, so the SIGINT, SIGTERM
+    # or SIGHUP that a user, a CI runner, `timeout` or a closed terminal sends to this
+    # command reaches pytest itself, which stops the run, says which tests did not
+    # run and leaves nothing behind. A child would be orphaned and run on.
+    os.execv(command[0], command)
+    return 1  # not reached: execv replaces this process or raises OSError
 
 
 if __name__ == "__main__":

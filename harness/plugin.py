@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness import _process, environment, results, scratch, summary
+from harness import _process, environment, interrupts, results, scratch, summary
 from harness.errors import ConfigError
 from harness.outcome import Outcome
 from harness.runner import VariantRun, run_env, run_variant
@@ -29,6 +29,9 @@ from harness.stack import StackPool
 
 RESULT_KEY = "harness_result"
 SERVICES_KEY = "harness_services"
+RUN_KEY = pytest.StashKey["VariantRun"]()
+# How many tests that did not run an interrupted session names one by one.
+NOT_RUN_LISTED = 40
 
 
 class RunState:
@@ -41,6 +44,11 @@ class RunState:
         self.results: dict[str, dict[str, Any]] = {}
         self.services: dict[str, str] = {}
         self.written: Path | None = None
+        # Node ids in the order they were collected (by this process, or by the xdist
+        # workers for the controller), and those that produced any report: after an
+        # interrupt, the difference is what did not run.
+        self.collected: dict[str, None] = {}
+        self.reported: set[str] = set()
 
 
 STATE = pytest.StashKey[RunState]()
@@ -82,7 +90,10 @@ def pytest_configure(config: pytest.Config) -> None:
                                   "harness-recorder")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "harness-xdist")
-    _install_signal_handlers()
+    # SIGTERM and SIGHUP behave like Ctrl-C (pytest unwinds, every fixture stops its
+    # services); a second signal kills everything at once. Outside the main thread
+    # (embedded use) atexit and PR_SET_PDEATHSIG still stop what was started.
+    interrupts.install()
 
 
 class _XdistHooks:
@@ -90,16 +101,9 @@ class _XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["harness_run_id"] = node.config.stash[STATE].run_id
 
-
-def _install_signal_handlers() -> None:
-    """SIGTERM behaves like Ctrl-C: pytest unwinds and every fixture stops its services."""
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread (embedded use): atexit still stops processes
-        pass
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        node.config.stash[STATE].collected.update(dict.fromkeys(ids))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -185,6 +189,7 @@ def variant_run(request: pytest.FixtureRequest, variant_case: Any,
                       logs_dir=state.results_dir / state.run_id / "logs",
                       project_root=request.config.rootpath)
     _record(request, run, harness_stacks)
+    request.node.stash[RUN_KEY] = run
     return run
 
 
@@ -194,9 +199,46 @@ def _record(request: pytest.FixtureRequest, run: VariantRun, stacks: StackPool) 
 
 
 def assert_expected(run: VariantRun) -> None:
-    """Fail the test unless the observed outcome is the expected one."""
+    """Fail the test unless the observed outcome is the expected one.
+
+    The plugin applies the same check to every variant test after its body
+    (:func:`pytest_runtest_makereport`), so a scenario that forgets this call still
+    fails a cell that moved; calling it keeps the failure inside the test body.
+    """
     if not run.passed:
         pytest.fail(run.failure_message(), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A variant test whose outcome differs from its expectation fails, whatever its body did.
+
+    As pytest's own ``skipping`` plugin decides xfail outcomes here: the test body
+    cannot turn a moved cell into a pass by forgetting :func:`assert_expected`.
+    """
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    run = item.stash.get(RUN_KEY, None)
+    if run is not None and report.when == "call" and report.passed and not run.passed:
+        report.outcome = "failed"
+        report.longrepr = run.failure_message()
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
+                             ) -> tuple[str, str, str] | None:
+    """Short letters for variant tests: M a cell that moved, H the harness failed, n N/A.
+
+    The verbose words stay PASSED/FAILED/SKIPPED (``harness matrix`` counts them).
+    """
+    result = dict(report.user_properties).get(RESULT_KEY)
+    if result is None:
+        return None
+    if report.skipped and report.when == "setup":
+        return "skipped", "n", "SKIPPED"
+    if report.failed and report.when == "call":
+        letter = "H" if result.get("outcome") == Outcome.HARNESS_ERROR.value else "M"
+        return "failed", letter, "FAILED"
+    return None
 
 
 class _Recorder:
@@ -207,7 +249,12 @@ class _Recorder:
         self.is_worker = is_worker
 
     @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.state.collected.update(dict.fromkeys(item.nodeid for item in session.items))
+
+    @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.state.reported.add(report.nodeid)
         if report.when != "setup":  # the fixture records during setup
             return
         for key, value in report.user_properties:
@@ -230,8 +277,12 @@ class _Recorder:
         self.state.written = results.write(document, self.state.results_dir)
 
     @pytest.hookimpl
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or not self.state.results:
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int) -> None:
+        if self.is_worker:
+            return
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            self._not_run(terminalreporter)
+        if not self.state.results:
             return
         rows = list(self.state.results.values())
         terminalreporter.section("fault-reproduction harness")
@@ -246,3 +297,17 @@ class _Recorder:
         if self.state.written:
             terminalreporter.write_line("")
             terminalreporter.write_line(f"results: {self.state.written}")
+
+    def _not_run(self, terminalreporter: Any) -> None:
+        """After an interrupt: which of the collected tests never ran."""
+        not_run = [n for n in self.state.collected if n not in self.state.reported]
+        signum = interrupts.received()
+        how = signal.Signals(signum).name if signum else "an interrupt"
+        terminalreporter.section("interrupted", red=True)
+        terminalreporter.write_line(
+            f"stopped by {how}: {len(not_run)} of {len(self.state.collected)} tests did not run"
+            + (":" if not_run else "."))
+        for nodeid in not_run[:NOT_RUN_LISTED]:
+            terminalreporter.write_line(f"  not run: {nodeid}")
+        if len(not_run) > NOT_RUN_LISTED:
+            terminalreporter.write_line(f"  ... and {len(not_run) - NOT_RUN_LISTED} more")

@@ -70,6 +70,18 @@ def release() -> None:
         _folder = None
 
 
+def release_now() -> None:
+    """Remove this process's parent folder at once, stopping nothing first.
+
+    For a process that has just SIGKILLed everything it started and is about to exit
+    (:func:`harness.interrupts.kill_everything_now`).
+    """
+    global _folder
+    if _folder is not None:
+        shutil.rmtree(_folder, ignore_errors=True)
+        _folder = None
+
+
 def owner_alive(path: Path) -> bool:
     """Is the process that made ``path`` still running? (Unknown names count as alive.)"""
     match = _NAME.match(path.name)
