@@ -79,7 +79,8 @@ def _select(ident: str, label: str, values: list[str]) -> str:
 
 
 def _legend(matrix: Mapping[str, Any]) -> str:
-    heads = ["env", "slot", *table.AXIS_LABELS.values(), *table.SERVICE_LABELS.values()]
+    heads = ["env", "slot", *table.AXIS_LABELS.values(), *table.SERVICE_LABELS.values(),
+             "resolution"]
     out = ['<table class="legend"><thead><tr>'
            + "".join(f"<th>{h}</th>" for h in heads) + "</tr></thead><tbody>"]
     for name, env, moved in zip(table.short_names(matrix), matrix["environments"],
@@ -88,9 +89,15 @@ def _legend(matrix: Mapping[str, Any]) -> str:
                  for a, v in table.env_versions(env).items()]
         services = table.env_services(env)
         cells += [f"<td>{escape(services.get(s, '-'))}</td>" for s in table.SERVICE_LABELS.values()]
+        resolution = env.get("resolution") or {}
+        cells.append(f'<td title="{escape(str(resolution.get("newest") or ""))}">'
+                     f'{escape(table.env_resolution(env))}</td>')
         out.append(f'<tr><th title="{escape(env["id"])}">{name}</th>'
                    f'<td>{escape(env.get("slot", ""))}</td>{"".join(cells)}</tr>')
-    return "".join(out) + "</tbody></table>"
+    notes = "".join(f"<li><b>{name}</b>: {escape(text)}</li>"
+                    for name, text in table.env_notes(matrix))
+    return ("".join(out) + "</tbody></table>" + (f'<ul class="notes">{notes}</ul>' if notes
+                                                 else ""))
 
 
 def _verdict_badge(verdict: Mapping[str, Any] | None, names: dict[str, str]) -> str:

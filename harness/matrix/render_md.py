@@ -21,14 +21,23 @@ def _esc(text: str) -> str:
 def _legend(matrix: Mapping[str, Any]) -> list[str]:
     names = table.short_names(matrix)
     changed = table.changed_axes(matrix)
-    heads = ["env", "slot", *table.AXIS_LABELS.values(), *table.SERVICE_LABELS.values()]
+    heads = ["env", "slot", *table.AXIS_LABELS.values(), *table.SERVICE_LABELS.values(),
+             "resolution"]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for name, env, moved in zip(names, matrix["environments"], changed):
         versions = table.env_versions(env)
         cells = [f"**{v}**" if axis in moved else v for axis, v in versions.items()]
         services = table.env_services(env)
         cells += [services.get(label, "-") for label in table.SERVICE_LABELS.values()]
+        cells.append(table.env_resolution(env))
         lines.append(f"| {name} | {env.get('slot', '')} | " + " | ".join(cells) + " |")
+    notes = table.env_notes(matrix)
+    if notes:
+        lines.append("")
+        lines += [f"- {name}: {_esc(text)}" for name, text in notes]
+    lines += ["", "Resolution: 'dated D' installed every package an environment does not pin "
+              "as it could be installed on D (its newest pinned release, plus a day); "
+              "'latest' is today's resolution."]
     return lines
 
 

@@ -56,6 +56,28 @@ def env_services(env: Mapping[str, Any]) -> dict[str, str]:
     return {label: services[key] for key, label in SERVICE_LABELS.items() if key in services}
 
 
+def env_resolution(env: Mapping[str, Any]) -> str:
+    """The legend's resolution column: ``dated 2024-07-01``, ``latest``, or ``-`` (a run
+    that did not say: a plain pytest run, or a matrix written before it was recorded)."""
+    resolution = env.get("resolution") or {}
+    if resolution.get("mode") == "dated" and resolution.get("cutoff"):
+        return f"dated {str(resolution['cutoff'])[:10]}"
+    return str(resolution.get("mode") or "-")
+
+
+def env_notes(matrix: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(short name, why) for every environment that has no cells because its smoke check
+    failed; the legend lists them under the table."""
+    notes = []
+    for name, env in zip(short_names(matrix), matrix["environments"]):
+        smoke = env.get("smoke") or {}
+        if smoke.get("ok") is False:
+            report = str(smoke.get("report") or "").split("\n")[0]
+            notes.append((name, report or f"no cells: its smoke check failed "
+                                          f"({smoke.get('error', '')})."))
+    return notes
+
+
 def short_names(matrix: Mapping[str, Any]) -> list[str]:
     """``E1``, ``E2``...: column names narrow enough for a terminal."""
     return [f"E{i}" for i in range(1, len(matrix["environments"]) + 1)]
