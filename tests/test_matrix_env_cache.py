@@ -66,3 +66,27 @@ def test_the_cache_key_ignores_the_pgbouncer_axis() -> None:
     other = env_key(Combination({**versions, "sqlalchemy": "2.0.58", "pgbouncer": "1.18"}),
                     interpreter, ROOT, "uv")
     assert other != old
+
+
+def test_builds_of_another_resolution_or_constraint_are_alternatives_and_stay(
+        tmp_path: Path) -> None:
+    """A --resolve latest build (or one under a constraint file) of the same combination
+    is not older than the dated one: another run may be using it right now."""
+    project = tmp_path / "checkout"
+    cache = tmp_path / "envs"
+    dated = {"resolution": {"mode": "dated", "cutoff": "2024-07-01T00:00:00Z"},
+             "settings": {}}
+
+    def build(name: str, facts: dict) -> Path:
+        path = cached(cache, name, project)
+        (path / STAMP).write_text(json.dumps({"id": COMBO, "project": str(project), **facts}))
+        return path
+
+    current = build(f"{COMBO}-aaaaaaaaaa", dated)
+    older = build(f"{COMBO}-bbbbbbbbbb", dated)  # same resolution: pyproject changed since
+    latest = build(f"{COMBO}-cccccccccc", {"resolution": {"mode": "latest"}, "settings": {}})
+    constrained = build(f"{COMBO}-dddddddddd", {**dated, "settings": {
+        "UV_CONSTRAINT": "/tmp/c.txt (sha256:0123)"}})
+
+    assert prune_superseded(current, project) == [older]
+    assert latest.exists() and constrained.exists()

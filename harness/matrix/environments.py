@@ -314,8 +314,15 @@ def prune_superseded(current: Path, project_root: Path) -> list[Path]:
     A change to pyproject.toml, the interpreter or the installer gives a combination
     a new folder; without this the cache would keep every old one (about 70 MB each).
     Builds of other checkouts are theirs to keep; so is anything this code did not make.
+    So is a build of another resolution (``--resolve latest`` next to dated) or of other
+    installer settings (a constraint file): it is an alternative, not an older build,
+    and another run may be using it right now.
     """
     combo_id = current.name.rsplit("-", 1)[0]
+    try:
+        mine = json.loads((current / STAMP).read_text())
+    except (OSError, ValueError):
+        mine = {}
     removed = []
     for sibling in current.parent.glob(f"{combo_id}-*"):
         if sibling == current or sibling.name.rsplit("-", 1)[0] != combo_id:
@@ -328,6 +335,9 @@ def prune_superseded(current: Path, project_root: Path) -> list[Path]:
         # only a folder this checkout provably made, or an abandoned build, goes.
         if stamp and stamp.get("project") != str(project_root.resolve()):
             continue
+        if stamp and any(stamp.get(k, {}) != mine.get(k, {}) for k in ("resolution", "settings")
+                         if k in stamp):
+            continue  # an alternative of this combination, not an older build
         if not stamp and time.time() - sibling.stat().st_mtime < BUILD_TIMEOUT_S:
             continue  # maybe another run building it right now
         shutil.rmtree(sibling, ignore_errors=True)
