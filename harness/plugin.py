@@ -306,7 +306,7 @@ class _Recorder:
         terminalreporter.section("interrupted", red=True)
         terminalreporter.write_line(
             f"stopped by {how}: {len(not_run)} of {len(self.state.collected)} tests did not run"
-            + (":" if not_run else "."))
+            + (" (those under way were stopped before they finished):" if not_run else "."))
         for nodeid in not_run[:NOT_RUN_LISTED]:
             terminalreporter.write_line(f"  not run: {nodeid}")
         if len(not_run) > NOT_RUN_LISTED:
