@@ -9,6 +9,8 @@ Two kinds of axis: the Python line and the four packages decide what is installe
 in an environment's virtualenv; ``pgbouncer`` is a SERVICE axis: it decides which
 PgBouncer the scenarios run against (the local binary or a docker image), not what
 is installed, so environments that differ only in it share one virtualenv.
+``postgres`` is a service axis too, and an OPTIONAL one: a matrix that does not name it
+runs on the local PostgreSQL as before, and its environment ids do not mention it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ else:  # pragma: no cover - Python 3.10 has no tomllib; tomli is the same parser
         tomllib = None  # type: ignore[assignment]
 
 # Declared once, in the order they appear in environment ids and report columns.
-AXES = ("python", "sqlalchemy", "celery", "asyncpg", "psycopg", "pgbouncer")
+AXES = ("python", "sqlalchemy", "celery", "asyncpg", "psycopg", "postgres", "pgbouncer")
 PACKAGE_AXES = ("sqlalchemy", "celery", "asyncpg", "psycopg")
 # What decides a virtualenv's contents: every axis but the service ones.
 VENV_AXES = ("python", *PACKAGE_AXES)
-SERVICE_AXES = ("pgbouncer",)
+SERVICE_AXES = ("postgres", "pgbouncer")
+# Axes a matrix may leave out entirely: absent, they are not in the plan's versions nor in
+# environment ids (ids of matrices written before the axis existed stay what they were).
+OPTIONAL_AXES = ("postgres",)
 SHORT = {"python": "py", "sqlalchemy": "sa", "celery": "celery", "asyncpg": "asyncpg",
-         "psycopg": "psycopg", "pgbouncer": "pgb"}
+         "psycopg": "psycopg", "postgres": "pg", "pgbouncer": "pgb"}
 # An axis a matrix file may leave out, and the value it then has. A matrix.toml written
 # before PgBouncer was an axis keeps running on the installed PgBouncer.
 DEFAULTS = {"pgbouncer": ["local"]}
@@ -103,6 +108,8 @@ def env_id(versions: Mapping[str, str], axes: Sequence[str] = AXES) -> str:
     """The stable name of an environment, e.g. ``py3.13-sa2.1.9-...-psycopg3.3.9-pgb1.18``."""
     parts = []
     for axis in axes:
+        if axis in OPTIONAL_AXES and axis not in versions:
+            continue
         value = versions.get(axis, "?")
         parts.append(SHORT[axis] + (python_minor(value) if axis == "python" else value))
     return "-".join(parts)
@@ -168,7 +175,7 @@ def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | 
     axes.update(given)
     for axis, default in DEFAULTS.items():
         axes.setdefault(axis, list(default))
-    missing = [axis for axis in AXES if axis not in axes]
+    missing = [axis for axis in AXES if axis not in axes and axis not in OPTIONAL_AXES]
     if missing:
         where = f"{spec.source}" if spec else "the options (no matrix file was read)"
         raise ConfigError(f"No versions for {', '.join(missing)} in {where}. Give them as "
@@ -176,7 +183,12 @@ def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | 
                           f"in the [axes] table of matrix.toml.")
     mode = PRODUCT if full else (spec.mode if spec else ONE_AT_A_TIME)
     source = spec.source + (" + options" if given else "") if spec else "options"
-    return MatrixSpec(axes={a: axes[a] for a in AXES}, mode=mode, source=source)
+    return MatrixSpec(axes={a: axes[a] for a in AXES if a in axes}, mode=mode, source=source)
+
+
+def present(spec_axes: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The axes a spec has, in :data:`AXES` order (optional ones may be absent)."""
+    return tuple(axis for axis in AXES if axis in spec_axes)
 
 
 def plan(spec: MatrixSpec) -> list[Combination]:
@@ -187,15 +199,16 @@ def plan(spec: MatrixSpec) -> list[Combination]:
     "which version moves this cell", because each variation differs from the
     baseline in exactly one axis.
     """
-    baseline = {axis: spec.axes[axis][0] for axis in AXES}
+    names = present(spec.axes)
+    baseline = {axis: spec.axes[axis][0] for axis in names}
     if spec.mode == PRODUCT:
-        combos = [Combination(dict(zip(AXES, values)), PRODUCT)
-                  for values in itertools.product(*(spec.axes[a] for a in AXES))]
+        combos = [Combination(dict(zip(names, values)), PRODUCT)
+                  for values in itertools.product(*(spec.axes[a] for a in names))]
         # The baseline keeps its slot name so diffs pair it with a one-at-a-time run.
         return [Combination(c.versions, BASELINE) if dict(c.versions) == baseline else c
                 for c in combos]
     combos = [Combination(baseline, BASELINE)]
-    for axis in AXES:
+    for axis in names:
         for index, value in enumerate(spec.axes[axis][1:], start=1):
             slot = axis if index == 1 else f"{axis}#{index}"
             combos.append(Combination({**baseline, axis: value}, slot))
@@ -204,5 +217,6 @@ def plan(spec: MatrixSpec) -> list[Combination]:
 
 def github_include(combos: Sequence[Combination]) -> dict[str, list[dict[str, str]]]:
     """The ``strategy.matrix`` value of a GitHub Actions job: one entry per environment."""
-    return {"include": [{"id": c.id, "slot": c.slot, **{a: c.versions[a] for a in AXES}}
+    return {"include": [{"id": c.id, "slot": c.slot,
+                         **{a: c.versions[a] for a in AXES if a in c.versions}}
                         for c in combos]}

@@ -130,7 +130,8 @@ def resolve_spec(spec: MatrixSpec, lister: VersionLister | None = None) -> Matri
                                   f"binary build, installed by {axis}[binary]) does not. Pick "
                                   f"another {axis} version.")
         axes[axis] = list(dict.fromkeys(resolved))  # "2.1.x" and "2.1.9" are one value
-    return MatrixSpec(axes={a: axes[a] for a in AXES}, mode=spec.mode, source=spec.source)
+    return MatrixSpec(axes={a: axes[a] for a in AXES if a in axes}, mode=spec.mode,
+                      source=spec.source)
 
 
 def pyenv_root() -> Path:
@@ -323,7 +324,8 @@ def resolve_pgbouncer(spec: MatrixSpec, local: Callable[[], str | None] | None =
             value = pgbouncer_line(found)
         values.append(value)
     axes = {**spec.axes, "pgbouncer": list(dict.fromkeys(values))}
-    return MatrixSpec(axes={a: axes[a] for a in AXES}, mode=spec.mode, source=spec.source)
+    return MatrixSpec(axes={a: axes[a] for a in AXES if a in axes}, mode=spec.mode,
+                      source=spec.source)
 
 
 def _available(local_found: str | None, state: DockerState) -> str:
