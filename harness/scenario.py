@@ -91,11 +91,18 @@ def other_failure(why: str) -> Expected:
 
 def when(condition: Callable[[RunEnv], bool], then: Expected, otherwise: Expected,
          why: str) -> Rule:
-    """An expectation that depends on the environment, with the reason beside it."""
+    """An expectation that depends on the environment, with the reason beside it.
+
+    The rule notes in ``rule.seen`` which branches (True: ``then``, False:
+    ``otherwise``) it has chosen, so a test can prove that every branch was checked.
+    """
     def rule(env: RunEnv) -> Expected:
-        chosen = then if condition(env) else otherwise
+        taken = bool(condition(env))
+        rule.seen.add(taken)  # type: ignore[attr-defined]
+        chosen = then if taken else otherwise
         return Expected(chosen.outcome, chosen.signatures, why)
     rule.__doc__ = why
+    rule.seen = set()  # type: ignore[attr-defined]
     return rule
 
 
@@ -119,10 +126,14 @@ def before_package(package: str, version: str, older: Expected | Rule,
     """
     def rule(env: RunEnv) -> Expected:
         is_older = version_tuple(env.packages.get(package)) < version_tuple(version)
+        rule.seen.add(is_older)  # type: ignore[attr-defined]
         chosen = older if is_older else otherwise
         found = chosen if isinstance(chosen, Expected) else chosen(env)
         return Expected(found.outcome, found.signatures, why if is_older else found.why)
     rule.__doc__ = why
+    rule.seen = set()  # type: ignore[attr-defined]
+    rule.package_boundary = (package, version)  # type: ignore[attr-defined]
+    rule.children = [c for c in (older, otherwise) if callable(c)]  # type: ignore[attr-defined]
     return rule
 
 
@@ -133,6 +144,7 @@ def needs_pgbouncer(minimum: str, feature: str) -> Callable[[RunEnv], str | None
             return None
         return (f"{feature} needs PgBouncer >= {minimum}; the installed PgBouncer is "
                 f"{env.pgbouncer or 'missing'}")
+    check.pgbouncer_boundary = minimum  # type: ignore[attr-defined]
     return check
 
 
@@ -140,7 +152,9 @@ def until_pgbouncer(version: str, failing: Expected, why: str) -> Rule:
     """``failing`` on PgBouncer older than ``version``, clean from ``version`` on."""
     def older(env: RunEnv) -> bool:
         return version_tuple(env.pgbouncer) < version_tuple(version)
-    return when(older, failing, clean(), why=why)
+    rule = when(older, failing, clean(), why=why)
+    rule.pgbouncer_boundary = version  # type: ignore[attr-defined]
+    return rule
 
 
 def resolve(expectation: Expectation, env: RunEnv) -> Expected:

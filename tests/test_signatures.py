@@ -1,13 +1,16 @@
 """Signature matching: class (through the chain) first, codes next, message last."""
 
 import importlib
+import itertools
 import pkgutil
+from collections.abc import Mapping
 
 import pytest
 
 import scenarios
 from harness import signatures as sig
-from harness.scenario import Expected, Scenario, resolve
+from harness.outcome import Outcome
+from harness.scenario import Expected, RunEnv, Scenario, before_package, reproduces, resolve
 from harness.signatures import ErrorRecord, ExceptionInfo, Signature, public_name
 from harness.task_support import exception_chain
 
@@ -99,8 +102,15 @@ def test_exception_info_without_bases_falls_back_to_its_type():
     assert sig.LOOP_CLOSED.matches(ErrorRecord(chain=(info,)))
 
 
-def test_catalogue_names_are_unique_and_keys_match():
-    assert all(name == s.name for name, s in sig.CATALOGUE.items())
+def test_catalogue_holds_every_signature_the_module_defines_under_a_unique_name():
+    """Derived from the module's contents, not from the dict that CATALOGUE builds: a
+    name used twice collapses there silently, and a signature left out of the list
+    would never be looked up by name."""
+    defined = [value for value in vars(sig).values() if isinstance(value, Signature)]
+    names = [s.name for s in defined]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert set(sig.CATALOGUE) == set(names)
+    assert all(sig.CATALOGUE[s.name] is s for s in defined)
 
 
 def _scenario_modules():
@@ -109,22 +119,95 @@ def _scenario_modules():
             yield importlib.import_module(f"scenarios.{info.name}")
 
 
-@pytest.mark.parametrize("module", list(_scenario_modules()), ids=lambda m: m.__name__)
-def test_every_signature_a_scenario_names_is_catalogued_and_listed(module):
-    """Guards the catalogue: an expectation may only name signatures the scenario looks for."""
-    from harness.runner import run_env
+MODULES = list(_scenario_modules())
+# Interpreter lines the rules may look at: the supported floor to the newest release.
+PYTHONS = [(3, 10), (3, 11), (3, 12), (3, 13), (3, 14), (3, 15)]
+PGBOUNCERS = [None, "1.18", "1.21", "1.24", "1.26"]
+# One version per package when no rule looks at it (the newest the matrix runs).
+NEWEST = {"sqlalchemy": "2.1.9", "celery": "5.7.0", "asyncpg": "0.32.0", "psycopg": "3.3.9"}
 
+
+def _rules(expectation) -> list:
+    """Every rule in an expectation, nested ones included."""
+    found = []
+    todo = list(expectation.values()) if isinstance(expectation, Mapping) else [expectation]
+    while todo:
+        item = todo.pop()
+        if callable(item):
+            found.append(item)
+            todo.extend(getattr(item, "children", []))
+    return found
+
+
+def _below(version: str) -> str:
+    """A version just older than ``version`` ("0.31" -> "0.30.999")."""
+    parts = [int(p) for p in version.split(".")]
+    while len(parts) < 3:
+        parts.append(0)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] > 0:
+            parts[i] -= 1
+            return ".".join(map(str, parts[:i + 1] + [999] * (len(parts) - i - 1)))
+    raise ValueError(version)
+
+
+def _probe_envs(driver: str, rules: list, requires: list) -> list[RunEnv]:
+    """Environments on both sides of every boundary the rules and checks declare."""
+    pgbouncers = set(PGBOUNCERS)
+    packages: dict[str, set[str]] = {name: {v} for name, v in NEWEST.items()}
+    for item in rules + requires:
+        if hasattr(item, "pgbouncer_boundary"):
+            pgbouncers |= {item.pgbouncer_boundary, _below(item.pgbouncer_boundary)}
+        if hasattr(item, "package_boundary"):
+            name, version = item.package_boundary
+            packages.setdefault(name, set()).update({version, _below(version)})
+    names = sorted(packages)
+    return [RunEnv(driver=driver, python=py, packages=dict(zip(names, combo)), pgbouncer=pgb)
+            for py in PYTHONS for pgb in pgbouncers
+            for combo in itertools.product(*(sorted(packages[n]) for n in names))]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_every_branch_of_every_expectation_names_only_listed_signatures(module):
+    """Guards the catalogue and every version rule: in every environment on either side
+    of each boundary a rule declares (not only the installed versions), an expectation
+    names only signatures the scenario looks for, and every branch of every rule was
+    taken at least once here, so none is left unchecked."""
     scenario: Scenario = module.SCENARIO
     listed = {s.name for s in scenario.signatures}
     assert listed <= set(sig.CATALOGUE), "scenario lists a signature missing from CATALOGUE"
     if scenario.claim.signature is not None:
         assert scenario.claim.signature in sig.CATALOGUE
+    checked = 0
     for variant in scenario.variants:
+        rules = _rules(variant.expect)
+        for rule in rules:
+            rule.seen.clear()
+        requires = [variant.requires] if variant.requires else []
         for driver in scenario.drivers:
             if driver in variant.not_for:
                 continue
-            expected: Expected = resolve(variant.expect, run_env(driver))
-            assert set(expected.signatures) <= listed, (variant.name, driver)
+            for env in _probe_envs(driver, rules, requires):
+                if variant.requires is not None and variant.requires(env) is not None:
+                    continue  # n/a there: no expectation applies
+                expected: Expected = resolve(variant.expect, env)
+                assert set(expected.signatures) <= listed, (variant.name, driver, env)
+                checked += 1
+        for rule in rules:
+            assert rule.seen == {True, False}, (
+                f"{variant.name}: a branch of the rule '{rule.__doc__}' was never taken "
+                f"by the probe environments (taken: {rule.seen})")
+    assert checked > 0
+
+
+def test_probe_environments_fall_on_both_sides_of_a_boundary():
+    older = Expected(Outcome.CLEAN)
+    rule = before_package("asyncpg", "0.31", older, reproduces("x"), why="test")
+    for env in _probe_envs("asyncpg", [rule], []):
+        resolve(rule, env)
+    assert rule.seen == {True, False}
+    assert _below("0.31") == "0.30.999" and _below("1.24") == "1.23.999"
+    assert _below("2.0") == "1.999.999"
 
 
 def test_soft_time_limit_matches_the_class_celery_really_raises():
