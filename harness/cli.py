@@ -102,10 +102,18 @@ def _axis_parent() -> argparse.ArgumentParser:
         if axis == "pgbouncer":
             text = ("PgBouncer versions: X.Y or local (the installed binary). The local "
                     "binary's line runs on the local backend; any other needs the docker "
-                    "image harness-pgbouncer:X.Y (bash docker/build.sh makes 1.18 and 1.24)")
+                    "image harness-pgbouncer:X.Y (bash docker/build.sh makes 1.18 and 1.24; "
+                    "HARNESS_SUITES=forky adds 1.26)")
+        elif axis == "postgres":
+            text = ("PostgreSQL majors, or local (the installed binary); optional. The "
+                    "local major runs on the local backend; any other needs the docker "
+                    "image harness-postgres:N (docker/build.sh makes 15 and 17; "
+                    "HARNESS_SUITES=forky adds 18)")
         else:
             text = (f"{axis} versions: exact, X.Y.x (latest of a line) or latest"
-                    + ("; the first is the baseline's" if axis == "python" else ""))
+                    + ("; the first is the baseline's; a line with no interpreter here "
+                       "runs in the image harness-python:X.Y (a container environment)"
+                       if axis == "python" else ""))
         group.add_argument(f"--{axis}", nargs="+", metavar="VERSION", help=text)
     parent.add_argument("--matrix-file", type=Path, metavar="FILE",
                         help="the axes file (default: matrix.toml in the project root)")

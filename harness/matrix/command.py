@@ -24,6 +24,7 @@ from typing import Any
 from harness import results as results_file
 from harness.errors import ConfigError
 from harness.matrix import axes, diff, environments, merge, render_html, render_md, table, versions
+from harness.matrix import containers, sources
 from harness.matrix.run import Progress, run_env
 
 EXIT_CHANGED, EXIT_ENV_FAILED = 1, 3
@@ -60,7 +61,8 @@ def load_spec(project_root: Path, matrix_file: Path | None,
     """
     path = matrix_file or project_root / "matrix.toml"
     spec = axes.load_toml(path) if (matrix_file or path.exists()) else None
-    return versions.resolve_pgbouncer(axes.with_options(spec, options, full))
+    return sources.resolve_postgres(
+        versions.resolve_pgbouncer(axes.with_options(spec, options, full)))
 
 
 def planned(spec: axes.MatrixSpec, only: Sequence[str] = ()) -> list[axes.Combination]:
@@ -139,6 +141,7 @@ def _summary(matrix: Mapping[str, Any], written: Sequence[Path]) -> None:
         print(f"wrote {path}")
 
 
+@containers.removing_containers
 def run_matrix(opts: MatrixOptions) -> int:
     """``harness matrix``: check, build, run, merge, compare."""
     spec = load_spec(opts.project_root, opts.matrix_file, opts.axes, opts.full)
@@ -148,20 +151,23 @@ def run_matrix(opts: MatrixOptions) -> int:
     combos = planned(spec, opts.only)
     # Only what the planned environments use must exist here: a CI shard (--only) needs
     # neither the other Python lines nor the other PgBouncer versions.
-    pythons = versions.find_pythons(spec, wanted=[c.versions["python"] for c in combos])
+    # A Python with no interpreter here runs in its interpreter image (a container env).
+    pythons = sources.python_sources(c.versions["python"] for c in combos)
     pgbouncers = versions.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
+    # Each environment's backend and service images (the postgres axis, containers).
+    services = sources.env_services(combos, pythons, pgbouncers)
     tests = check_selection(opts.project_root, opts.pytest_args)
     say(f"{len(combos)} environments ({spec.mode}), {tests} scenario tests each:")
     for c in combos:
         say(f"  {c.slot:<12} {c.id}  (python {pythons[c.versions['python']].version}, "
-            f"{pgbouncers[c.versions['pgbouncer']].describe()})")
+            f"{services[c.id].describe()})")
     progress = Progress(len(combos), tests)
     out = opts.out.resolve()
     failed: list[str] = []
     built = []
     for combo in combos:  # one build at a time: the machine is shared
         try:
-            env = environments.build(
+            env = containers.build_any(
                 combo, pythons[combo.versions["python"]], opts.project_root,
                 root=opts.cache_dir, log_path=out / "logs" / f"{combo.id}.build.log")
         except environments.EnvBuildError as exc:
@@ -175,7 +181,7 @@ def run_matrix(opts: MatrixOptions) -> int:
         run = run_env(env, opts.project_root, out / "runs", out / "logs" / f"{env.combo.id}"
                       ".pytest.log", workers=opts.workers, pytest_args=opts.pytest_args,
                       progress=progress, timeout_s=opts.env_timeout_s,
-                      pgbouncer=pgbouncers[env.combo.versions["pgbouncer"]])
+                      pgbouncer=services[env.combo.id])
         progress.env_ran(run)
         if run.error:
             failed.append(f"{env.combo.id}: {run.error}")

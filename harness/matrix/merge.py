@@ -56,9 +56,11 @@ def pgbouncer_axis(environment: Mapping[str, Any]) -> str:
 def axis_values(environment: Mapping[str, Any]) -> dict[str, str]:
     """Axis -> version of a results.json or matrix ``environment`` block (python in full)."""
     packages = environment.get("packages", {})
+    # The optional postgres axis is there only for environments that stood for one.
+    postgres = {"postgres": str(environment["postgres"])} if environment.get("postgres") else {}
     return {"python": environment.get("python", "?"),
             **{axis: packages.get(axis, "?") for axis in PACKAGE_AXES},
-            "pgbouncer": pgbouncer_axis(environment)}
+            **postgres, "pgbouncer": pgbouncer_axis(environment)}
 
 
 def environment_id(environment: Mapping[str, Any]) -> str:
@@ -118,6 +120,8 @@ def merge(documents: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None,
         environment = dict(document["environment"])
         wanted = ((sidecar or {}).get("axes") or {}).get("pgbouncer")
         environment["pgbouncer"] = wanted or pgbouncer_axis(environment)
+        for key, value in _sidecar_extras(sidecar).items():
+            environment.setdefault(key, value)
         eid = environment_id(environment)
         slot = (sidecar or {}).get("slot") or envs.get(eid, {}).get("slot") or eid
         envs[eid] = {"id": eid, "slot": slot, **environment,
@@ -129,6 +133,19 @@ def merge(documents: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None,
     merged = sorted(cells.values(), key=lambda r: (*cell_key(r), rank[r["env"]]))
     return {"schema": results_file.SCHEMA, "kind": KIND, "environments": ordered,
             "results": merged, "verdicts": matrix_verdicts(ordered, merged)}
+
+
+def _sidecar_extras(sidecar: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a matrix run's sidecar adds to an environment block: the postgres axis value
+    (when the matrix had that axis) and ``runs_in`` (the container an environment ran in,
+    see :mod:`harness.matrix.containers`)."""
+    sidecar = sidecar or {}
+    extras: dict[str, Any] = {}
+    if (sidecar.get("axes") or {}).get("postgres"):
+        extras["postgres"] = str(sidecar["axes"]["postgres"])
+    if sidecar.get("runs_in"):
+        extras["runs_in"] = sidecar["runs_in"]
+    return extras
 
 
 def _unpack(matrix: Mapping[str, Any], source: str

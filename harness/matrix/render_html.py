@@ -88,7 +88,10 @@ def _legend(matrix: Mapping[str, Any]) -> str:
         cells = [f'<td class="{"changed" if a in moved else ""}">{escape(v)}</td>'
                  for a, v in table.env_versions(env).items()]
         services = table.env_services(env)
-        cells += [f"<td>{escape(services.get(s, '-'))}</td>" for s in table.SERVICE_LABELS.values()]
+        # A service that is also an axis (postgres) is marked where that axis moved.
+        cells += [f'<td class="{"changed" if key in moved else ""}">'
+                  f"{escape(services.get(s, '-'))}</td>"
+                  for key, s in table.SERVICE_LABELS.items()]
         resolution = env.get("resolution") or {}
         cells.append(f'<td title="{escape(str(resolution.get("newest") or ""))}">'
                      f'{escape(table.env_resolution(env))}</td>')

@@ -28,7 +28,9 @@ def _legend(matrix: Mapping[str, Any]) -> list[str]:
         versions = table.env_versions(env)
         cells = [f"**{v}**" if axis in moved else v for axis, v in versions.items()]
         services = table.env_services(env)
-        cells += [services.get(label, "-") for label in table.SERVICE_LABELS.values()]
+        # A service that is also an axis (postgres) is bold where that axis moved.
+        cells += [f"**{services[label]}**" if key in moved and label in services
+                  else services.get(label, "-") for key, label in table.SERVICE_LABELS.items()]
         cells.append(table.env_resolution(env))
         lines.append(f"| {name} | {env.get('slot', '')} | " + " | ".join(cells) + " |")
     notes = table.env_notes(matrix)

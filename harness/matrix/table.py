@@ -48,7 +48,9 @@ def env_versions(env: Mapping[str, Any]) -> dict[str, str]:
     used = str(env.get("services", {}).get("pgbouncer", ""))
     if used[:1].isdigit() and versions["pgbouncer"] in ("?", pgbouncer_line(used)):
         versions["pgbouncer"] = used
-    return versions
+    # The legend's axis columns, in their order; the postgres axis (optional) shows in
+    # the PostgreSQL service column, with the version the run really used.
+    return {axis: versions.get(axis, "?") for axis in AXIS_LABELS}
 
 
 def env_services(env: Mapping[str, Any]) -> dict[str, str]:
@@ -75,6 +77,40 @@ def env_notes(matrix: Mapping[str, Any]) -> list[tuple[str, str]]:
             report = str(smoke.get("report") or "").split("\n")[0]
             notes.append((name, report or f"no cells: its smoke check failed "
                                           f"({smoke.get('error', '')})."))
+    return notes + besides_axes(matrix)
+
+
+def besides_axes(matrix: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(short name, what) for every environment that differs from E1 in more than its
+    axes: the container it ran in, its backend, the PostgreSQL and Redis it really ran on.
+
+    A cell that moved in such an environment may have moved for either reason; the
+    legend says so instead of letting the axis take the blame alone.
+    """
+    envs = matrix["environments"]
+    if not envs:
+        return []
+    first, first_services = envs[0], envs[0].get("services", {})
+    notes = []
+    for name, env, moved in zip(short_names(matrix), envs, changed_axes(matrix)):
+        parts = []
+        runs_in = env.get("runs_in") or {}
+        if runs_in:
+            parts.append(f"runs in a container of {runs_in.get('image', '?')} (Python "
+                         f"{runs_in.get('python', '?')})")
+        elif first.get("runs_in") and env is not first:
+            parts.append("runs on the host")
+        services = env.get("services", {})
+        if env is not first:
+            for key, label in SERVICE_LABELS.items():
+                if key == "postgres" and "postgres" in moved:
+                    continue  # an axis of its own: the legend shows it already
+                if key in services and services.get(key) != first_services.get(key):
+                    parts.append(f"{label} {services[key]} (E1: "
+                                 f"{first_services.get(key, 'not recorded')})")
+        if parts:
+            lead = "besides its axes, differs from E1: " if env is not first else ""
+            notes.append((name, lead + "; ".join(parts) + "."))
     return notes
 
 
