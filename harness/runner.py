@@ -45,7 +45,8 @@ class VariantRun:
 
     @property
     def passed(self) -> bool:
-        if self.outcome is not self.expected.outcome:
+        # A harness failure never reads as a pass, whatever a variant expected.
+        if self.outcome is Outcome.HARNESS_ERROR or self.outcome is not self.expected.outcome:
             return False
         if self.outcome is Outcome.REPRODUCED:
             return bool(set(self.counts.by_signature) & set(self.expected.signatures))

@@ -62,6 +62,22 @@ def test_body_that_never_ran_is_its_own_signature():
     assert result.counts.by_signature == {"body-never-ran": 1}
 
 
-def test_outcome_words_are_a_closed_set():
-    assert {o.value for o in Outcome} == {"REPRODUCED", "CLEAN", "OTHER_FAILURE",
-                                          "HARNESS_ERROR", "N/A"}
+def test_a_harness_error_never_passes_even_where_it_was_expected():
+    from harness.runner import VariantRun
+    from harness.scenario import Claim, Expected, Role, Scenario, Variant, Workload
+
+    variant = Variant("v", Role.BAD, {}, expect=Expected(Outcome.HARNESS_ERROR))
+    scenario = Scenario("s", "app", Workload(task="t"), (), Claim("-", "-", None, "v", "v"),
+                        (variant,))
+    run = VariantRun(scenario, variant, "asyncpg", Expected(Outcome.HARNESS_ERROR),
+                     Outcome.HARNESS_ERROR, reason="the worker did not start")
+    assert run.passed is False
+
+
+def test_every_outcome_word_has_its_colour_in_the_html_report():
+    from harness.matrix import render_html
+
+    assert set(render_html.OUTCOMES) == {o.value for o in Outcome}
+    for word in render_html.OUTCOMES:
+        css_class = "o-NA" if word == "N/A" else f"o-{word}"
+        assert f".{css_class}{{" in render_html.CSS, word

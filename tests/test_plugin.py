@@ -101,14 +101,30 @@ def test_an_unknown_backend_is_a_usage_error(demo):
     run.stderr.fnmatch_lines(["*--backend 'cloud' is not a backend. Choose one of*"])
 
 
-def test_docker_backend_without_docker_says_what_to_do(demo, monkeypatch):
-    from harness.services import backends
-
-    if backends.docker_unavailable() is None:
-        pytest.skip("docker is available here; this checks the message when it is not")
+def test_docker_backend_without_docker_says_what_to_do(demo, monkeypatch, tmp_path):
+    # No engine answers at this socket, whether or not one runs on this machine.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
     run = demo.runpytest_subprocess("--backend", "docker")
     assert run.ret != 0
     run.stderr.fnmatch_lines(["*--backend docker was asked for, but*use --backend local*"])
+    run = demo.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q")
+    run.stdout.fnmatch_lines(["*6 tests collected*"])  # auto falls back to local
+
+
+FORGETFUL = DEMO.replace("    assert_expected(variant_run)", "    pass  # forgets assert_expected")
+
+
+def test_a_moved_cell_fails_even_when_the_test_forgets_to_assert(pytester, monkeypatch):
+    """The plugin, not the scenario module, decides that a cell which moved fails."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    assert FORGETFUL != DEMO
+    pytester.makepyfile(test_demo=FORGETFUL)
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--variant",
+                                        "wrongly-expected,works")
+    run.assert_outcomes(passed=2, failed=2)
+    run.stdout.fnmatch_lines(["*expected CLEAN, observed OTHER_FAILURE*"])
+    # Its own status letter: M for a cell that moved (H would be a harness error).
+    run.stdout.fnmatch_lines(["test_demo.py*MM*"])
 
 
 def test_a_module_without_scenario_is_a_clear_error(pytester, monkeypatch):

@@ -43,7 +43,44 @@ def test_passwords_appear_in_no_log_result_or_report(tmp_path: Path):
     assert all(s not in json.dumps(doc) for s in secrets)
 
 
-def test_generated_passwords_differ_between_services_and_runs():
-    from harness.services import LocalPostgres, LocalRedis
+def test_services_refuse_a_client_without_the_generated_password():
+    """The password is real authentication, not decoration: PostgreSQL (directly and
+    through PgBouncer) and Redis refuse the right user with a wrong password."""
+    import asyncio
 
-    assert len({LocalPostgres().password, LocalPostgres().password, LocalRedis().password}) == 3
+    import asyncpg
+    import redis
+
+    pool = StackPool()
+    try:
+        stack = pool.get(SCENARIO.stack)
+        pg, bouncer = stack.postgres, stack.pgbouncer
+
+        async def connect(port: int, password: str) -> None:
+            conn = await asyncpg.connect(host="127.0.0.1", port=port, user=pg.user,
+                                         password=password, database="postgres", timeout=10)
+            await conn.close()
+
+        for port in (pg.port, bouncer.port):
+            asyncio.run(connect(port, pg.password))  # the generated password works
+            try:
+                asyncio.run(connect(port, pg.password + "x"))
+            except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
+                    asyncpg.PostgresError):
+                pass
+            else:
+                raise AssertionError(f"port {port} accepted a wrong password")
+        client = redis.Redis(host="127.0.0.1", port=stack.redis.port, password="wrong",
+                             socket_timeout=10)
+        try:
+            client.ping()
+        except redis.AuthenticationError:
+            pass
+        else:
+            raise AssertionError("Redis accepted a wrong password")
+        finally:
+            client.close()
+        assert redis.Redis(host="127.0.0.1", port=stack.redis.port,
+                           password=stack.redis.password, socket_timeout=10).ping()
+    finally:
+        pool.close()
