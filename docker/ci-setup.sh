@@ -8,6 +8,7 @@
 #   HARNESS_DOCKERD_WAIT_S   how long to wait for `docker info` to answer (default 60)
 #   HARNESS_DOCKERD_LOG      where dockerd writes its log (default /var/log/harness-dockerd.log)
 #   HARNESS_SKIP_BUILD=1     only install and start the engine
+#   DOCKER_HOST              unix:///path: start dockerd on that socket when none answers
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 wait_s="${HARNESS_DOCKERD_WAIT_S:-60}"
@@ -47,9 +48,13 @@ else
         dockerd_pid="$(cat "$pidfile")"
         say "dockerd (pid $dockerd_pid) is running but does not answer yet; waiting for it"
     else
-        say "starting dockerd in the background (log: $dockerd_log)"
+        # DOCKER_HOST=unix:///path: an engine of this machine's own on that socket (CI's
+        # privileged container does this, so it never talks to its host's engine).
+        host_args=()
+        case "${DOCKER_HOST:-}" in unix://*) host_args=(--host "$DOCKER_HOST") ;; esac
+        say "starting dockerd in the background ${host_args[*]} (log: $dockerd_log)"
         # setsid + nohup: the daemon outlives this script and the CI step that ran it.
-        setsid nohup dockerd >>"$dockerd_log" 2>&1 </dev/null &
+        setsid nohup dockerd "${host_args[@]}" >>"$dockerd_log" 2>&1 </dev/null &
         dockerd_pid=$!
     fi
     deadline=$(( $(date +%s) + wait_s ))

@@ -78,19 +78,33 @@ def install_system_packages(target: str) -> None:
     subprocess.run([*command, "-qq"], check=True, env=env)
 
 
-def ensure_venv() -> Path:
+# The project's optional dependencies each target installs besides its own.
+EXTRAS = {"scenarios": "", "tests": "test"}
+
+
+def ensure_venv(extra: str = "") -> Path:
+    """The virtualenv, with the project (and ``extra``) installed when pyproject.toml changed.
+
+    The stamp holds the pyproject hash and the extras installed with it, so running
+    the scenarios after the tests does not reinstall, and the tests after the
+    scenarios install only what they add.
+    """
     python = VENV / "bin" / "python"
     if not python.exists():
         say(f"creating the virtualenv {VENV}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     stamp = VENV / ".harness-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if not stamp.exists() or stamp.read_text() != wanted:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    have_digest, _, have_extras = (stamp.read_text() if stamp.exists() else "").partition(" ")
+    extras = set(filter(None, have_extras.split(","))) if have_digest == digest else set()
+    if have_digest != digest or (extra and extra not in extras):
+        extras |= {extra} if extra else set()
         say("installing the project and its dependencies into the virtualenv")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"],
                        check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True)
-        stamp.write_text(wanted)
+        spec = f"{ROOT}[{','.join(sorted(extras))}]" if extras else str(ROOT)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", spec], check=True)
+        stamp.write_text(f"{digest} {','.join(sorted(extras))}")
     return python
 
 
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"[harness] Python 3.10 or newer is needed; this is {sys.version.split()[0]}. "
                  f"Run the command with a newer python3.")
     install_system_packages(target)
-    python = ensure_venv()
+    python = ensure_venv(EXTRAS[target])
     if target == "scenarios" and not chooses_parallelism(extra):
         extra = ["-n", str(default_workers()), *extra]
     command = [str(python), "-m", "pytest", TARGETS[target], *extra]
