@@ -95,8 +95,12 @@ def doctor() -> int:
     return 0
 
 
-def _axis_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def _axis_parent(suppress: bool = False) -> argparse.ArgumentParser:
+    """The axis options. ``suppress``: no defaults, for a sub-action (``plan``): argparse
+    copies every attribute a sub-parser sets over the parent's, so a default there would
+    erase an option written before the action (``harness matrix --python 3.11 plan``)."""
+    parent = argparse.ArgumentParser(add_help=False,
+                                     argument_default=argparse.SUPPRESS if suppress else None)
     group = parent.add_argument_group("axes (each overrides that axis of matrix.toml)")
     for axis in AXES:
         if axis == "pgbouncer":
@@ -118,9 +122,38 @@ def _axis_parent() -> argparse.ArgumentParser:
     parent.add_argument("--matrix-file", type=Path, metavar="FILE",
                         help="the axes file (default: matrix.toml in the project root)")
     parent.add_argument("--full", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
                         help="every combination (cross product) instead of the baseline plus "
                              "one axis at a time; large: see matrix.toml")
     return parent
+
+
+# Options of the run itself (dest -> option), which 'plan' and 'merge' do not use.
+RUN_OPTIONS = {"keyword": "-k", "only": "--only", "cache_dir": "--cache-dir",
+               "workers": "--workers", "env_timeout": "--env-timeout", "resolve": "--resolve"}
+
+
+def _refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options given for ``harness matrix`` that its ``plan``/``merge`` action would ignore.
+
+    Raises:
+        HarnessError: one of them was given; the message says which and where they belong.
+    """
+    matrix = parser._subparsers._group_actions[0].choices["matrix"]  # noqa: SLF001
+    unused = [flag for dest, flag in RUN_OPTIONS.items()
+              if getattr(args, dest, None) != matrix.get_default(dest)]
+    if args.action == "plan":
+        unused += [flag for dest, flag in (("out", "--out"), ("baseline", "--baseline"))
+                   if getattr(args, dest, None) != matrix.get_default(dest)]
+    else:
+        unused += [f"--{axis}" for axis in AXES if getattr(args, axis, None)]
+        unused += ["--matrix-file"] * bool(args.matrix_file) + ["--full"] * bool(args.full)
+    if unused:
+        raise HarnessError(
+            f"'harness matrix {args.action}' does not use {', '.join(unused)}, so it would "
+            f"silently ignore {'it' if len(unused) == 1 else 'them'}. Drop "
+            f"{'it' if len(unused) == 1 else 'them'}, or run 'harness matrix' without "
+            f"'{args.action}' to build and run the environments with them.")
 
 
 BENCHES = ("fixes", "overhead", "suite", "repeat")
@@ -154,14 +187,20 @@ def _parser() -> argparse.ArgumentParser:
     matrix.add_argument("--env-timeout", type=float, default=3600.0, metavar="SECONDS",
                         help="bound on one environment's scenario run (default: 3600)")
     actions = matrix.add_subparsers(dest="action")
-    plan = actions.add_parser("plan", parents=[axes_parent], help="print the environments")
+    matrix.add_argument("--resolve", choices=("dated", "latest"), default="dated",
+                        help="how an environment resolves what it does not pin: 'dated' (as "
+                             "it could be installed when its newest pinned release came out; "
+                             "the default) or 'latest' (today's)")
+    plan = actions.add_parser("plan", parents=[_axis_parent(suppress=True)],
+                              help="print the environments")
     plan.add_argument("--format", choices=("text", "github"), default="text")
     plan.add_argument("--check", action="store_true",
                       help="resolve and check every version on the package index first")
     merge = actions.add_parser("merge", help="merge results.json files or folders")
     merge.add_argument("paths", nargs="+", type=Path)
-    merge.add_argument("--out", type=Path, default=Path("reports/matrix"))
-    merge.add_argument("--baseline", type=Path, metavar="FILE")
+    # No defaults here: --out and --baseline may stand before 'merge' too (see _axis_parent).
+    merge.add_argument("--out", type=Path, default=argparse.SUPPRESS)
+    merge.add_argument("--baseline", type=Path, metavar="FILE", default=argparse.SUPPRESS)
     bench = sub.add_parser(
         "bench", help="measure: fixes (the price of each working fix), overhead, suite, "
         "repeat N (determinism); figures go to reports/bench/<name>.json",
@@ -201,6 +240,12 @@ def run_bench(root: Path, name: str, bench_args: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
+    if args.command == "matrix" and args.action:
+        _refuse_unused(_parser(), args)
+        if pytest_extra:
+            raise HarnessError(f"'harness matrix {args.action}' runs no pytest, so the "
+                               f"arguments after -- ({' '.join(pytest_extra)}) would be "
+                               f"ignored. Drop them.")
     root = project_root()
     if args.command == "bench":
         return run_bench(root, args.name, args.bench_args + pytest_extra)
@@ -220,10 +265,35 @@ def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
     if args.action == "merge":
         return command.merge_command(args.paths, args.out, args.baseline)
     pytest_args = (["-k", args.keyword] if args.keyword else []) + pytest_extra
-    return command.run_matrix(command.MatrixOptions(
+    return command.run_matrix_until_stopped(command.MatrixOptions(
         project_root=root, matrix_file=args.matrix_file, axes=axes, full=args.full,
         only=args.only, out=args.out, cache_dir=args.cache_dir, workers=args.workers,
-        pytest_args=pytest_args, baseline=args.baseline, env_timeout_s=args.env_timeout))
+        pytest_args=pytest_args, baseline=args.baseline, env_timeout_s=args.env_timeout,
+        resolve=args.resolve))
+
+
+ACTIONS = ("plan", "merge")
+
+
+def parse(args_in: list[str]) -> argparse.Namespace:
+    """The arguments, with ``harness matrix`` options honoured wherever they stand.
+
+    ``--python 3.11 plan`` would make argparse read ``plan`` as a Python version (the
+    axis options take one or more values), so the words before the action are parsed
+    on their own and merged under the action's: an option given after the action wins.
+    """
+    parser = _parser()
+    at = next((i for i, word in enumerate(args_in[1:], start=1) if word in ACTIONS), None)
+    if not args_in or args_in[0] != "matrix" or at is None or at == 1:
+        return parser.parse_args(args_in)
+    before = parser.parse_args(args_in[:at])
+    args = parser.parse_args([args_in[0], *args_in[at:]])
+    matrix = parser._subparsers._group_actions[0].choices["matrix"]  # noqa: SLF001
+    for key, value in vars(before).items():
+        if key != "action" and value != matrix.get_default(key) \
+                and getattr(args, key, None) == matrix.get_default(key):
+            setattr(args, key, value)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in args_in:
         cut = args_in.index("--")
         args_in, pytest_extra = args_in[:cut], args_in[cut + 1:]
-    args = _parser().parse_args(args_in)
+    args = parse(args_in)
     if args.command == "doctor":
         return doctor()
     try:

@@ -3,9 +3,13 @@
 Responsibility: the order of the steps. Everything that can be checked without
 building is checked first (axes, every version on the index, interpreters, a
 PgBouncer for every PgBouncer version, the baseline file, the pytest selection),
-then environments are built one at a time
-(the machine is shared; a build uses the network and one core), then each runs
-its scenarios with xdist, then one merge writes the three outputs.
+then each environment's resolution (``--resolve``: dated by default, see
+:mod:`harness.matrix.resolution`), then environments are built one at a time
+(the machine is shared; a build uses the network and one core) and each is
+smoke-checked right after its build (:mod:`harness.matrix.smoke`: an environment
+that cannot boot a worker is reported in one paragraph within a minute and has no
+cells), then each runs its scenarios with xdist, then one merge writes the three
+outputs.
 
 Exit codes: 0 done; 1 a cell changed against the baseline; 2 bad input (nothing
 was built); 3 an environment could not be built or run (the others are merged).
@@ -14,6 +18,7 @@ was built); 3 an environment could not be built or run (the others are merged).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,11 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import environment
+from harness import interrupts
 from harness import results as results_file
 from harness.errors import ConfigError
 from harness.matrix import axes, diff, environments, merge, render_html, render_md, table, versions
 from harness.matrix import containers, sources
-from harness.matrix.run import Progress, run_env
+from harness.matrix import resolution as resolutions
+from harness.matrix import smoke as smokes
+from harness.matrix.run import SIDECAR, Progress, activated, run_env
 
 EXIT_CHANGED, EXIT_ENV_FAILED = 1, 3
 COLLECT_TIMEOUT_S = 180
@@ -46,6 +55,7 @@ class MatrixOptions:
     pytest_args: Sequence[str] = field(default_factory=list)
     baseline: Path | None = None
     env_timeout_s: float = 3600.0
+    resolve: str = resolutions.DATED
 
 
 def say(message: str) -> None:
@@ -141,6 +151,44 @@ def _summary(matrix: Mapping[str, Any], written: Sequence[Path]) -> None:
         print(f"wrote {path}")
 
 
+def resolutions_for(combos: Sequence[axes.Combination], mode: str, cache_dir: Path | None
+                    ) -> dict[str, resolutions.Resolution]:
+    """Each environment's resolution (by venv id), upload times asked once and cached."""
+    upload_times = None
+    if resolutions.check_mode(mode) == resolutions.DATED:
+        env = environments.uv_environment()
+        upload_times = resolutions.IndexUploadTimes(
+            resolutions.index_url(env), (cache_dir or environments.cache_root()).parent
+            / "upload-times.json", cafile=env.get("SSL_CERT_FILE"))
+    return {c.venv_id: resolutions.resolution_for(c.versions, mode, upload_times)
+            for c in combos}
+
+
+def smoke_failed(combo: axes.Combination, env: environments.BuiltEnv, python: str,
+                 smoke: smokes.Smoke, pgbouncer: versions.PgBouncerSource, runs: Path
+                 ) -> tuple[str, Path]:
+    """Report a failed smoke check: its paragraph, and a results.json with no results
+    whose sidecar says why, so the merged matrix lists the environment without cells."""
+    pins = [f"{a} {combo.versions[a]}" for a in axes.PACKAGE_AXES] + [f"python {python}"]
+    text = smokes.paragraph(combo.id, smoke, env.installed, pins,
+                            env.resolution.describe(),
+                            latest=env.resolution.mode == resolutions.LATEST)
+    installed = env.installed
+    document = {"schema": results_file.SCHEMA, "run_id": results_file.new_run_id(),
+                "environment": {
+                    "python": python,
+                    "packages": {n: installed[n] for n in environment.PACKAGES if n in installed},
+                    "services": {"backend": pgbouncer.backend}},
+                "results": []}
+    path = results_file.write(document, runs / combo.id)
+    (path.parent / SIDECAR).write_text(json.dumps(
+        {"id": combo.id, "slot": combo.slot, "axes": dict(combo.versions),
+         "env_path": str(env.path), "backend": pgbouncer.backend,
+         "pgbouncer_image": pgbouncer.image, "pytest_exit": None, "pytest_args": [],
+         **env.facts(), "smoke": {**smoke.to_dict(), "report": text}}, indent=1) + "\n")
+    return text, path
+
+
 @containers.removing_containers
 def run_matrix(opts: MatrixOptions) -> int:
     """``harness matrix``: check, build, run, merge, compare."""
@@ -157,31 +205,48 @@ def run_matrix(opts: MatrixOptions) -> int:
     # Each environment's backend and service images (the postgres axis, containers).
     services = sources.env_services(combos, pythons, pgbouncers)
     tests = check_selection(opts.project_root, opts.pytest_args)
+    resolved = resolutions_for(combos, opts.resolve, opts.cache_dir)
     say(f"{len(combos)} environments ({spec.mode}), {tests} scenario tests each:")
     for c in combos:
         say(f"  {c.slot:<12} {c.id}  (python {pythons[c.versions['python']].version}, "
-            f"{services[c.id].describe()})")
-    progress = Progress(len(combos), tests)
+            f"{services[c.id].describe()}; resolution "
+            f"{resolved[c.venv_id].describe()})")
+    progress = Progress(len(combos), tests, ids=[c.id for c in combos])
+    Progress.current = progress
     out = opts.out.resolve()
     failed: list[str] = []
     built = []
+    documents = []
     for combo in combos:  # one build at a time: the machine is shared
+        pgbouncer = services[combo.id]
         try:
             env = containers.build_any(
                 combo, pythons[combo.versions["python"]], opts.project_root,
-                root=opts.cache_dir, log_path=out / "logs" / f"{combo.id}.build.log")
+                root=opts.cache_dir, log_path=out / "logs" / f"{combo.id}.build.log",
+                resolution=resolved[combo.venv_id])
         except environments.EnvBuildError as exc:
             failed.append(f"{combo.id}: {exc}")
             progress.say(f"environment {combo.id} could not be built: {exc}")
             continue
         progress.env_built(env)
-        built.append(env)
-    documents = []
-    for env in built:
+        smoke = smokes.check(env.python, opts.project_root, out / "logs" / f"{combo.id}.smoke",
+                             backend=pgbouncer.backend, env=activated(env, pgbouncer))
+        if not smoke.ok:
+            text, path = smoke_failed(combo, env, pythons[combo.versions["python"]].version,
+                                      smoke, pgbouncer, out / "runs")
+            print(text, file=sys.stderr, flush=True)
+            failed.append(f"{combo.id}: the smoke check failed ({smoke.error}); see above")
+            documents.append((results_file.load(path), merge.read_sidecar(path), str(path)))
+            progress.env_skipped(combo.id)
+            continue
+        progress.say(f"smoke check of {combo.id} passed in {smoke.seconds:.1f} s")
+        built.append((env, smoke))
+    for env, smoke in built:
         run = run_env(env, opts.project_root, out / "runs", out / "logs" / f"{env.combo.id}"
                       ".pytest.log", workers=opts.workers, pytest_args=opts.pytest_args,
                       progress=progress, timeout_s=opts.env_timeout_s,
-                      pgbouncer=services[env.combo.id])
+                      pgbouncer=services[env.combo.id],
+                      facts={"smoke": smoke.to_dict()})
         progress.env_ran(run)
         if run.error:
             failed.append(f"{env.combo.id}: {run.error}")
@@ -235,3 +300,25 @@ def report_command(path: Path, out: Path | None) -> int:
 def diff_command(old: Path, new: Path) -> int:
     """``harness report diff OLD NEW``: exit 1 when any cell changed outcome."""
     return _compare_with_baseline(merge.load_any(new), merge.load_any(old))
+
+
+def run_matrix_until_stopped(opts: MatrixOptions) -> int:
+    """:func:`run_matrix`, stopped cleanly by SIGINT, SIGTERM or SIGHUP.
+
+    The environment that is running gets SIGTERM and stops its services (its own
+    list of unrun tests is printed); environments after it do not start; nothing is
+    merged. A second signal kills everything at once (:mod:`harness.interrupts`).
+    Exit code: 128 + the signal's number, as a shell reports a process it stopped.
+    """
+    interrupts.install()
+    Progress.current = None
+    try:
+        return run_matrix(opts)
+    except KeyboardInterrupt:
+        signum = interrupts.received() or signal.SIGINT
+        progress = Progress.current
+        unrun = [i for i in progress.ids if i not in progress.ran_ids] if progress else []
+        say(f"interrupted by {signal.Signals(signum).name}: nothing was merged; "
+            + (f"{len(unrun)} environment(s) did not run to the end: {', '.join(unrun)}"
+               if unrun else "no environment had started its scenarios"))
+        return 128 + signum

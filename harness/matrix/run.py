@@ -15,16 +15,18 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, ClassVar, TextIO
 
 from harness import _process
 from harness.matrix.environments import BuiltEnv
 from harness.matrix.versions import PgBouncerSource, pgbouncer_line
 
 RUN_TIMEOUT_S = 3600
+# How long an environment's pytest may take to stop its services after SIGTERM.
+STOP_GRACE_S = 20
 SIDECAR = "matrix-env.json"
 # One finished test in pytest -v output: xdist prints "[gw0] [ 40%] PASSED nodeid",
 # plain pytest "nodeid PASSED [ 40%]".
@@ -59,9 +61,14 @@ class Progress:
     ones built so far (a cached one counts as built in no time).
     """
 
+    # The one a running ``harness matrix`` reports through, for its interrupt handler.
+    current: ClassVar[Progress | None] = None
+
     def __init__(self, envs: int, tests_per_env: int, stream: TextIO = sys.stderr,
-                 every_s: float = 15.0) -> None:
+                 every_s: float = 15.0, ids: Sequence[str] = ()) -> None:
         self.envs = envs
+        self.ids = list(ids)  # the plan, for what an interrupt left unrun
+        self.ran_ids: list[str] = []
         self.tests_per_env = max(tests_per_env, 1)
         self.stream = stream
         self.every_s = every_s
@@ -83,6 +90,12 @@ class Progress:
             self.build_s.append(built.seconds)
         how = "reused from cache" if built.reused else f"built in {_fmt(built.seconds)}"
         self.say(f"environment {self.built}/{self.envs} {built.combo.id}: {how}")
+
+    def env_skipped(self, combo_id: str) -> None:
+        """An environment built but not run (its smoke check failed): it leaves the plan."""
+        self.envs -= 1
+        self.built -= 1
+        self.say(f"environment {combo_id} is left out: its smoke check failed")
 
     def left_s(self, done_now: int = 0, elapsed_now: float = 0.0) -> float | None:
         """Seconds left, or None before the first test has finished."""
@@ -110,6 +123,7 @@ class Progress:
 
     def env_ran(self, run: EnvRun) -> None:
         self.ran += 1
+        self.ran_ids.append(run.built.combo.id)
         self.tests_done += run.tests_done
         # The checkout may hold more scenarios than were collected at the start.
         self.tests_per_env = max(self.tests_per_env, run.tests_done)
@@ -120,6 +134,20 @@ class Progress:
                  f"{state}{self._left()}")
 
 
+def interrupted_section(log: Path) -> str:
+    """The plugin's "interrupted" section of a pytest log (which tests did not run)."""
+    lines = _process.tail(log, 400).splitlines()
+    start = next((i for i, line in enumerate(lines) if " interrupted " in line), None)
+    if start is None:
+        return f"(no list of unrun tests in {log}; last lines:)\n" + "\n".join(lines[-10:])
+    kept = []
+    for line in lines[start + 1:]:
+        if line.startswith("="):
+            break
+        kept.append(line)
+    return "\n".join(kept)
+
+
 def _count(log: Path) -> tuple[int, int]:
     try:
         text = log.read_text(errors="replace")
@@ -128,15 +156,26 @@ def _count(log: Path) -> tuple[int, int]:
     return len(_DONE.findall(text)), len(_FAILED.findall(text))
 
 
+def activated(built: BuiltEnv, pgbouncer: PgBouncerSource | None = None) -> dict[str, str]:
+    """This process's variables as if ``built`` were activated: nothing a run starts by
+    name can come from the virtualenv the harness itself runs in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+    env["VIRTUAL_ENV"] = str(built.path)
+    env["PATH"] = os.pathsep.join([str(built.path / "bin"), env.get("PATH", "")])
+    env.update(pgbouncer.environ() if pgbouncer else {})
+    return env
+
+
 def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
             workers: int, pytest_args: Sequence[str], progress: Progress,
-            timeout_s: float = RUN_TIMEOUT_S, pgbouncer: PgBouncerSource | None = None
-            ) -> EnvRun:
+            timeout_s: float = RUN_TIMEOUT_S, pgbouncer: PgBouncerSource | None = None,
+            facts: Mapping[str, Any] | None = None) -> EnvRun:
     """Run the scenarios in ``built``; results go to ``runs_dir/<env id>/<run id>/``.
 
     ``pgbouncer`` says where this environment's PgBouncer comes from: its backend goes
     on pytest's command line (before the user's arguments, which win) and its image
-    into ``HARNESS_IMAGE_PGBOUNCER`` of the pytest process only.
+    into ``HARNESS_IMAGE_PGBOUNCER`` of the pytest process only. ``facts`` go into the
+    sidecar beside the environment's own (resolution, installed packages).
     """
     results_dir = runs_dir / built.combo.id
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -147,24 +186,26 @@ def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
             *(pgbouncer.pytest_args() if pgbouncer else []), *pytest_args]
     before = _latest(results_dir)
     started = time.monotonic()
-    # As if the environment were activated: nothing the run starts by name can come
-    # from the virtualenv the harness itself runs in.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
-    env["VIRTUAL_ENV"] = str(built.path)
-    env["PATH"] = os.pathsep.join([str(built.path / "bin"), env.get("PATH", "")])
-    env.update(pgbouncer.environ() if pgbouncer else {})
-    proc = _process.ManagedProcess(argv, log, env=env, cwd=project_root)
+    proc = _process.ManagedProcess(argv, log, env=activated(built, pgbouncer), cwd=project_root)
     timed_out = False
-    while proc.alive():
-        elapsed = time.monotonic() - started
-        if elapsed > timeout_s:
-            timed_out = True
-            break
-        done, failed = _count(log)
-        progress.heartbeat(built.combo.id, done, failed, elapsed)
-        time.sleep(1.0)
-    code = None if timed_out else proc.popen.returncode
-    proc.stop(grace_s=20)  # SIGTERM first: the plugin then stops its services
+    try:
+        while proc.alive():
+            elapsed = time.monotonic() - started
+            if elapsed > timeout_s:
+                timed_out = True
+                break
+            done, failed = _count(log)
+            progress.heartbeat(built.combo.id, done, failed, elapsed)
+            time.sleep(1.0)
+    finally:
+        # Also when the matrix itself is interrupted: the pytest child runs in its own
+        # session, so only this SIGTERM reaches it; its plugin then stops its services
+        # and writes which tests did not run into the log.
+        code = None if timed_out else proc.popen.poll()
+        proc.stop(grace_s=STOP_GRACE_S)
+        if sys.exc_info()[0] is KeyboardInterrupt:
+            progress.say(f"stopped {built.combo.id}; what its scenario run reported:\n"
+                         + interrupted_section(log))
     done, failed = _count(log)
     run = EnvRun(built, log, code, time.monotonic() - started, done, failed)
     after = _latest(results_dir)
@@ -191,7 +232,9 @@ def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
              "axes": dict(built.combo.versions), "env_path": str(built.path),
              "backend": pgbouncer.backend if pgbouncer else None,
              "pgbouncer_image": pgbouncer.image if pgbouncer else None,
-             "pytest_exit": code, "pytest_args": list(pytest_args)}, indent=1) + "\n")
+             "pytest_exit": code, "pytest_args": list(pytest_args), **built.facts(),
+             **(facts or {})},
+            indent=1) + "\n")
     return run
 
 
