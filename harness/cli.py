@@ -156,7 +156,7 @@ def _refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             f"'{args.action}' to build and run the environments with them.")
 
 
-BENCHES = ("fixes", "overhead", "suite", "repeat")
+BENCHES = ("fixes", "overhead", "suite", "repeat", "envs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--baseline", type=Path, metavar="FILE", default=argparse.SUPPRESS)
     bench = sub.add_parser(
         "bench", help="measure: fixes (the price of each working fix), overhead, suite, "
-        "repeat N (determinism); figures go to reports/bench/<name>.json",
+        "repeat N (determinism), envs (a matrix environment's build and smoke check, cold "
+        "and warm); figures go to reports/bench/<name>.json",
         epilog="Further arguments go to the bench script (see bench/<name>.py).")
     bench.add_argument("name", choices=BENCHES)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

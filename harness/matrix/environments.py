@@ -261,7 +261,8 @@ def build(combo: Combination, interpreter: Interpreter, project_root: Path, *,
         raise EnvBuildError(f"Resolving {combo.venv_id} as of {resolution.cutoff[:10]} needs "
                             f"uv (pip cannot resolve as of a date), and no uv was found. "
                             f"Install it (pip install uv) or run with --resolve latest.")
-    env = uv_environment() if uv else dict(os.environ)
+    # pip's own configuration, mirrored as uv settings, keys pip-built environments too.
+    env = uv_environment()
     settings = install_settings(env)
     path = (root or cache_root()) / env_key(combo, interpreter, project_root, installer,
                                             resolution, settings)

@@ -16,6 +16,9 @@ entries, unchanged) and ``"kind": "matrix"``::
      "verdicts": [{"scenario": ..., "driver": ..., "claim": {...}, "overall": "holds",
                    "by_env": {"py3.13-...": {"verdict": "holds", "detail": "..."}}}]}
 
+An environment block may also carry ``resolution``, ``installed``,
+``install_settings`` and ``smoke`` from the sidecar (see ``ENV_FACTS``).
+
 ``pgbouncer`` is the value of the PgBouncer axis the environment stood for (``X.Y``),
 from the sidecar a matrix run writes. Results without it (a plain pytest run, a
 matrix.json written before PgBouncer was an axis) take the line of the PgBouncer
@@ -42,6 +45,11 @@ DEPENDS = "depends on version"
 # Verdicts that say something about the claim; unknown / n/a say nothing.
 REAL = (verdicts.HOLDS, verdicts.DIFFERENT_ERROR, verdicts.DOES_NOT_HOLD)
 SLOT_ORDER = (BASELINE, *AXES)
+# What a matrix run's sidecar (matrix-env.json) says about an environment beyond its
+# results: ``resolution`` (mode, cutoff date), ``installed`` (every distribution and its
+# version), ``install_settings`` and ``smoke`` (the smoke check; a failed one comes with
+# no results, and its ``report`` says why the environment has no cells).
+ENV_FACTS = ("resolution", "installed", "install_settings", "smoke")
 
 
 def pgbouncer_axis(environment: Mapping[str, Any]) -> str:
@@ -122,6 +130,9 @@ def merge(documents: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None,
         environment["pgbouncer"] = wanted or pgbouncer_axis(environment)
         for key, value in _sidecar_extras(sidecar).items():
             environment.setdefault(key, value)
+        for key in ENV_FACTS:  # how it was resolved, what it holds, its smoke check
+            if (sidecar or {}).get(key) is not None:
+                environment.setdefault(key, sidecar[key])
         eid = environment_id(environment)
         slot = (sidecar or {}).get("slot") or envs.get(eid, {}).get("slot") or eid
         envs[eid] = {"id": eid, "slot": slot, **environment,
