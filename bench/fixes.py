@@ -24,6 +24,7 @@ from bench._common import ROOT, percentile, write
 from harness.outcome import CallStatus
 from harness.scenario import StackSpec
 from harness.stack import StackPool
+from harness.task_support import WorkerSettings
 from harness.worker import CeleryWorker
 from scenarios.test_loop_bound_pool import SCENARIO
 
@@ -42,10 +43,10 @@ def measure(pool: StackPool, name: str, driver: str, config: dict, pgbouncer: bo
             calls: int, concurrency: int, logs: Path) -> dict:
     stack = pool.get(StackSpec(pgbouncer=pgbouncer))
     with stack.fresh_database(f"bench-{name}") as dbname:
-        settings = {"scenario": SCENARIO.id, "variant": name, "driver": driver,
-                    "database_url": stack.database_url(driver, dbname),
-                    "broker_url": stack.redis.url(), "queue": f"bench.{uuid.uuid4().hex}",
-                    "config": config}
+        settings = WorkerSettings.for_variant(
+            scenario=SCENARIO.id, variant=name, driver=driver,
+            database_url=stack.database_url(driver, dbname), broker_url=stack.redis.url(),
+            queue=f"bench.{uuid.uuid4().hex}", config=config)
         worker = CeleryWorker(app_module=SCENARIO.app, settings=settings,
                               log_path=logs / f"{name}.log", concurrency=concurrency,
                               project_root=ROOT)

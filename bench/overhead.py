@@ -14,7 +14,6 @@ Goal: harness / baseline <= 1.2 (median of the rounds). Writes reports/bench/ove
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from celery import Celery
 from bench._common import ROOT, summary, write
 from harness.runner import run_variant
 from harness.stack import StackPool
-from harness.task_support import CONFIG_ENV
+from harness.task_support import WorkerSettings
 from scenarios.test_loop_bound_pool import SCENARIO
 
 VARIANT = SCENARIO.variant("nullpool")
@@ -41,12 +40,12 @@ def bare_run(stack, logs: Path) -> float:
     began = time.monotonic()
     with stack.fresh_database("bare") as dbname:
         queue = f"bare.{uuid.uuid4().hex}"
-        settings = {"scenario": SCENARIO.id, "variant": VARIANT.name, "driver": DRIVER,
-                    "database_url": stack.database_url(DRIVER, dbname),
-                    "broker_url": stack.redis.url(), "queue": queue,
-                    "config": dict(VARIANT.config)}
+        settings = WorkerSettings.for_variant(
+            scenario=SCENARIO.id, variant=VARIANT.name, driver=DRIVER,
+            database_url=stack.database_url(DRIVER, dbname), broker_url=stack.redis.url(),
+            queue=queue, config=VARIANT.config)
         log = logs / f"bare-{queue}.log"
-        env = dict(os.environ, **{CONFIG_ENV: json.dumps(settings)}, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, **settings.to_env(), PYTHONPATH=str(ROOT))
         with open(log, "wb") as out:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", SCENARIO.app, "worker", "--pool=prefork",
@@ -60,7 +59,7 @@ def bare_run(stack, logs: Path) -> float:
                 if time.monotonic() > deadline or worker.poll() is not None:
                     raise RuntimeError(f"bare worker did not start; see {log}")
                 time.sleep(0.05)
-            client = Celery(broker=settings["broker_url"], backend=settings["broker_url"])
+            client = Celery(broker=settings.broker_url, backend=settings.broker_url)
             sent = [client.send_task(f"{SCENARIO.app}.{SCENARIO.workload.task}",
                                      args=[f"t-{i}"], queue=queue)
                     for i in range(SCENARIO.workload.calls)]

@@ -19,6 +19,7 @@ from harness.errors import HarnessError
 from harness.outcome import Outcome, TaskCounts, classify
 from harness.scenario import Expected, RunEnv, Scenario, Variant, resolve
 from harness.stack import StackPool
+from harness.task_support import WorkerSettings
 from harness.worker import CeleryWorker
 
 
@@ -39,6 +40,7 @@ class VariantRun:
     log_findings: dict[str, int] = field(default_factory=dict)
     db: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)  # in force, as the app declared them
     log_path: str = ""
     reason: str = ""  # why HARNESS_ERROR or N/A
     services: dict[str, str] = field(default_factory=dict)
@@ -63,7 +65,7 @@ class VariantRun:
             "other_errors": list(self.other_errors),
             "worker_start_s": round(self.worker_start_s, 3), "run_s": round(self.run_s, 3),
             "log_findings": self.log_findings, "counters": self.counters, "db": self.db, "log": self.log_path,
-            "reason": self.reason, "config": dict(self.variant.config),
+            "reason": self.reason, "config": dict(self.variant.config), "knobs": self.knobs,
             "claim": {"error": self.scenario.claim.error, "fix": self.scenario.claim.fix,
                       "signature": self.scenario.claim.signature,
                       "bad": self.scenario.claim.bad, "fixed": self.scenario.claim.fixed,
@@ -120,12 +122,10 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
         with stack.fresh_database(f"{scenario.id}-{variant.name}") as dbname:
             for statement in scenario.setup_sql:
                 stack.postgres.execute(statement, dbname)
-            settings = {
-                "scenario": scenario.id, "variant": variant.name, "driver": driver,
-                "database_url": stack.database_url(driver, dbname),
-                "broker_url": stack.redis.url(), "queue": f"harness.{uuid.uuid4().hex}",
-                "config": dict(variant.config),
-            }
+            settings = WorkerSettings.for_variant(
+                scenario=scenario.id, variant=variant.name, driver=driver,
+                database_url=stack.database_url(driver, dbname), broker_url=stack.redis.url(),
+                queue=f"harness.{uuid.uuid4().hex}", config=variant.config)
             worker = CeleryWorker(app_module=scenario.app, settings=settings, log_path=log_path,
                                   concurrency=workload.concurrency, project_root=project_root,
                                   extra_args=workload.worker_args)
@@ -139,6 +139,7 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                 run.run_s = time.monotonic() - began
                 run.db = _inspect(stack, dbname, scenario)
                 run.counters = worker.counters()
+                run.knobs = worker.knobs()
                 # Every call is collected or counted hung and the database is read:
                 # nothing is left to observe, so the worker gets SIGKILL at once. A warm
                 # shutdown would cost 1.3 s per variant and could itself hang.

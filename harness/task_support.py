@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 import os
 import traceback as tb
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import Retry
 from celery.signals import task_failure
 
+from harness import knobs as knob_rules
+from harness.knobs import Knob
 from harness.signatures import public_name
 
 CONFIG_ENV = "HARNESS_WORKER_CONFIG"
@@ -34,12 +36,17 @@ FAILURE_KEY = "harness:failure:{task_id}"
 RAN_KEY = "harness:ran:{queue}:{token}"
 COUNTER_KEY = "harness:count:{queue}:{name}"
 START_KEY = "harness:start:{queue}:{what}"
+KNOBS_KEY = "harness:knobs:{queue}"
 FAILURE_TTL_S = 3600
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """The variant run's settings, as the harness passed them to the worker."""
+    """The variant run's settings, as the harness passed them to the worker.
+
+    ``config`` is the variant's config as written; ``knobs`` the value in force of
+    every knob the app declares (:func:`settings`), defaults included.
+    """
 
     scenario: str
     variant: str
@@ -48,23 +55,69 @@ class WorkerSettings:
     broker_url: str
     queue: str
     config: Mapping[str, Any]
+    knobs: Mapping[str, Any] = field(default_factory=dict)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A knob of the variant's configuration."""
-        return self.config.get(key, default)
+    @classmethod
+    def for_variant(cls, *, scenario: str, variant: str, driver: str, database_url: str,
+                    broker_url: str, queue: str, config: Mapping[str, Any]) -> WorkerSettings:
+        """The settings the harness hands a worker (the one place they are built)."""
+        return cls(scenario, variant, driver, database_url, broker_url, queue, dict(config))
+
+    def to_env(self) -> dict[str, str]:
+        """The worker's environment variable that carries these settings."""
+        fields = {"scenario": self.scenario, "variant": self.variant, "driver": self.driver,
+                  "database_url": self.database_url, "broker_url": self.broker_url,
+                  "queue": self.queue, "config": dict(self.config)}
+        return {CONFIG_ENV: json.dumps(fields)}
+
+    def get(self, name: str) -> Any:
+        """The value in force of a declared knob.
+
+        Raises:
+            KeyError: the app reads a knob it did not declare (a misspelling in the app).
+        """
+        try:
+            return self.knobs[name]
+        except KeyError:
+            raise KeyError(f"knob {name!r} is not declared by this app; it declares: "
+                           f"{', '.join(self.knobs) or '(none)'}") from None
 
 
-def settings() -> WorkerSettings:
+_settings: WorkerSettings | None = None
+
+
+def settings(*declared: Knob | Iterable[Knob]) -> WorkerSettings:
+    """The run's settings, with the app's knobs checked against the variant's config.
+
+    The app's module calls this once at import with every knob it reads (groups such
+    as ``scenarios.apps.common.ENGINE_KNOBS`` included); later calls without
+    arguments return the same settings.
+
+    Raises:
+        KnobError: the config sets a knob the app does not declare, or a value of the
+            wrong type; the worker then fails at import with that message.
+    """
+    global _settings
+    if _settings is not None and not declared:
+        return _settings
     raw = os.environ.get(CONFIG_ENV)
     if not raw:
         raise RuntimeError(
             f"{CONFIG_ENV} is not set: this Celery app is meant to be started by the "
             f"harness (pytest scenarios/), which passes the variant's configuration.")
-    return WorkerSettings(**json.loads(raw))
+    data = json.loads(raw)
+    values = knob_rules.effective(knob_rules.declare(*declared), data["config"],
+                                  where=f"{data['scenario']} / {data['variant']}")
+    _settings = WorkerSettings(**data, knobs=values)
+    return _settings
 
 
 def make_app(main: str) -> Celery:
-    """A Celery app wired to the run's broker, result backend and private queue."""
+    """A Celery app wired to the run's broker, result backend and private queue.
+
+    The knobs in force are published for the harness, which records them with the
+    variant's result (``knobs`` in results.json).
+    """
     s = settings()
     app = Celery(main, broker=s.broker_url, backend=s.broker_url, set_as_current=True)
     app.conf.update(
@@ -78,6 +131,8 @@ def make_app(main: str) -> Celery:
         result_expires=3600,
     )
     _install_failure_reporter(app)
+    app.backend.client.set(KNOBS_KEY.format(queue=s.queue), json.dumps(dict(s.knobs)),
+                           ex=FAILURE_TTL_S)
     return app
 
 

@@ -26,7 +26,7 @@ from harness._process import ManagedProcess, StartStop, tail, wait_for
 from harness.errors import WorkerStartError
 from harness.outcome import CallResult, CallStatus, never_ran
 from harness.signatures import ErrorRecord, ExceptionInfo, public_name
-from harness.task_support import CONFIG_ENV, COUNTER_KEY, FAILURE_KEY, RAN_KEY
+from harness.task_support import COUNTER_KEY, FAILURE_KEY, KNOBS_KEY, RAN_KEY, WorkerSettings
 
 READY_MARK = " ready."  # celery logs "celery@<name> ready." once the pool has started
 POLL_S = 0.05
@@ -39,7 +39,7 @@ class CeleryWorker(StartStop):
 
     Args:
         app_module: import path of the scenario's Celery app.
-        settings: the ``WorkerSettings`` fields (see :mod:`harness.task_support`).
+        settings: the run's settings (:meth:`WorkerSettings.for_variant`).
         log_path: where the worker's output is kept.
         concurrency: number of prefork processes.
         project_root: the folder the worker runs in (``scenarios`` importable from it).
@@ -47,11 +47,11 @@ class CeleryWorker(StartStop):
         start_timeout_s: bound on import + pool start + the control round trip.
     """
 
-    def __init__(self, *, app_module: str, settings: Mapping[str, Any], log_path: Path,
+    def __init__(self, *, app_module: str, settings: WorkerSettings, log_path: Path,
                  concurrency: int, project_root: Path, extra_args: Sequence[str] = (),
                  start_timeout_s: float = 60.0) -> None:
         self.app_module = app_module
-        self.settings = dict(settings)
+        self.settings = settings
         self.log_path = log_path
         self.concurrency = concurrency
         self.project_root = project_root
@@ -63,8 +63,8 @@ class CeleryWorker(StartStop):
         self._tmp: Path | None = None
         self._log_start = 0
         self.log_size_at_stop: int | None = None
-        self.client = Celery("harness-client", broker=self.settings["broker_url"],
-                             backend=self.settings["broker_url"], set_as_current=False)
+        self.client = Celery("harness-client", broker=self.settings.broker_url,
+                             backend=self.settings.broker_url, set_as_current=False)
         self.client.conf.update(task_serializer="json", result_serializer="json",
                                 accept_content=["json"], broker_connection_retry=False)
 
@@ -73,7 +73,7 @@ class CeleryWorker(StartStop):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", self.app_module, "worker",
                 "--pool=prefork", f"--concurrency={self.concurrency}",
-                "-Q", self.settings["queue"], "-n", self.nodename, "--loglevel=INFO",
+                "-Q", self.settings.queue, "-n", self.nodename, "--loglevel=INFO",
                 # No gossip/mingle/heartbeat: this worker talks to no other worker.
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 # Fair scheduling with prefetch 1: a call goes to an idle process only,
@@ -89,7 +89,7 @@ class CeleryWorker(StartStop):
         env = dict(os.environ)
         env.update({
             "TMPDIR": str(self._tmp),
-            CONFIG_ENV: json.dumps(self.settings),
+            **self.settings.to_env(),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(self.project_root),
                                                          env.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
@@ -174,7 +174,7 @@ class CeleryWorker(StartStop):
         for i in range(calls):
             token = f"{prefix}-{i:03d}"
             result = self.client.send_task(task, args=[token], kwargs=dict(kwargs or {}),
-                                           queue=self.settings["queue"])
+                                           queue=self.settings.queue)
             sent.append((token, result))
         deadline = time.monotonic() + timeout_s
         finished: dict[str, str] = {}  # task id -> "succeeded" / "raised" / "ready"
@@ -202,13 +202,18 @@ class CeleryWorker(StartStop):
 
     def counters(self) -> dict[str, int]:
         """The run's ``task_support.count`` counters."""
-        prefix = COUNTER_KEY.format(queue=self.settings["queue"], name="")
+        prefix = COUNTER_KEY.format(queue=self.settings.queue, name="")
         redis = self.client.backend.client
         return {key.decode()[len(prefix):]: int(redis.get(key) or 0)
                 for key in redis.scan_iter(match=prefix + "*")}
 
+    def knobs(self) -> dict[str, Any]:
+        """The knobs in force, as the app published them at import ({} if it never did)."""
+        raw = self.client.backend.client.get(KNOBS_KEY.format(queue=self.settings.queue))
+        return json.loads(raw) if raw else {}
+
     def _ran(self, token: str) -> bool:
-        key = RAN_KEY.format(queue=self.settings["queue"], token=token)
+        key = RAN_KEY.format(queue=self.settings.queue, token=token)
         return bool(self.client.backend.client.exists(key))
 
     def _collect(self, token: str, result: AsyncResult, finished: str | None) -> CallResult:

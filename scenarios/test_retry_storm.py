@@ -185,7 +185,7 @@ SCENARIO = Scenario(
         # PgBouncer's auth file knows only the superuser, so it logs in as that.
         Variant("pgbouncer-nullpool", Role.FIX,
                 {**STORM, **FIXED_COUNTDOWN, **NULLPOOL, "login_role": None,
-                 "unique_statement_names": True},
+                 "uuid_statement_names": True},
                 stack=StackSpec(pgbouncer=True, max_connections=9, pgbouncer_pool_size=4),
                 expect=clean()),
     ),

@@ -10,6 +10,7 @@ import pytest
 
 from harness._process import live_group_members
 from harness.services import LocalRedis
+from harness.task_support import WorkerSettings
 from harness.worker import CeleryWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,9 +28,10 @@ def make_worker(redis_service: LocalRedis, tmp_path: Path):
     made: list[CeleryWorker] = []
 
     def build(config: dict | None = None, **kwargs) -> CeleryWorker:
-        settings = {"scenario": "lifecycle", "variant": "test", "driver": "asyncpg",
-                    "database_url": "postgresql+asyncpg://unused", "queue": f"t.{uuid.uuid4().hex}",
-                    "broker_url": redis_service.url(), "config": config or {}}
+        settings = WorkerSettings.for_variant(
+            scenario="lifecycle", variant="test", driver="asyncpg",
+            database_url="postgresql+asyncpg://unused", broker_url=redis_service.url(),
+            queue=f"t.{uuid.uuid4().hex}", config=config or {})
         kwargs.setdefault("concurrency", 2)
         worker = CeleryWorker(app_module="tests.apps.lifecycle", settings=settings,
                               log_path=tmp_path / f"worker-{len(made)}.log",

@@ -69,6 +69,8 @@ def test_each_variant_and_driver_is_a_test_and_results_json_has_the_contract(dem
     by_id = {(r["variant"], r["driver"]): r for r in doc["results"]}
     works = by_id[("works", "asyncpg")]
     assert works["outcome"] == "CLEAN" and works["tasks"]["ok"] == 3
+    # The knobs the app ran with, defaults included (tests/apps/lifecycle.py declares them).
+    assert works["knobs"] == {"fail_at_import": False, "sleep_at_import_s": None}
     assert works["worker_start_s"] > 0 and Path(works["log"]).exists()
     fails = by_id[("fails", "asyncpg")]
     assert fails["outcome"] == "REPRODUCED"

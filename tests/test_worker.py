@@ -68,6 +68,22 @@ def test_an_app_that_fails_at_import_gives_a_clear_error_with_the_log_tail(make_
     assert "this app fails at import on purpose" in message  # from the log tail
 
 
+def test_a_misspelled_knob_fails_the_worker_at_import_naming_the_known_knobs(make_worker):
+    worker = make_worker({"fail_at_imprt": True}, start_timeout_s=60)
+    with pytest.raises(WorkerStartError) as info:
+        worker.start()
+    message = str(info.value)
+    assert "sets 'fail_at_imprt', which this app does not read" in message
+    assert "fail_at_import (raise while the worker imports this module)" in message
+    assert "sleep_at_import_s" in message
+
+
+def test_the_knobs_in_force_reach_the_harness_defaults_included(make_worker):
+    worker = make_worker({"sleep_at_import_s": 0.1})
+    with worker:
+        assert worker.knobs() == {"fail_at_import": False, "sleep_at_import_s": 0.1}
+
+
 def test_a_worker_that_never_gets_ready_times_out_with_the_log_tail(make_worker):
     worker = make_worker({"sleep_at_import_s": 60}, start_timeout_s=3)
     began = time.monotonic()

@@ -8,6 +8,7 @@ article's claim with its verdict per scenario and driver.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from html import escape
 from typing import Any
@@ -29,6 +30,7 @@ tr.scenario-row .name{font-weight:bold;font-size:1.05em}
 .o-REPRODUCED{background:#f6c6c3}.o-CLEAN{background:#c9efd4}
 .o-OTHER_FAILURE{background:#fbe7a5}.o-HARNESS_ERROR{background:#dcc6ec}
 .o-NA{background:#e7e9ec;color:#555}.o-none{background:#fff;color:#999}
+.knobs{font-size:12px;color:#444;max-width:30em}
 td.moved{outline:3px dashed #b42318;outline-offset:-3px}
 tr.cell-row td:nth-child(-n+3){white-space:nowrap}
 tr.differs td.variant::after{content:" \\2260";color:#b42318;font-weight:bold}
@@ -120,12 +122,20 @@ def _cell(cell: Mapping[str, Any] | None) -> str:
     expected = f"expected {cell.get('expected', '?')}" + (" - this cell moved" if moved else "")
     first_line = error.splitlines()[0][:200] if error else ""
     tip = f"{table.counts(cell)}\n{expected}" + (f"\n{first_line}" if first_line else "")
+    knobs = cell.get("knobs") or {}
     body = (f"<div>{escape(table.counts(cell))}</div><div>{escape(expected)}</div>"
-            + (f"<pre>{escape(error)}</pre>" if error else ""))
+            + (f"<pre>{escape(error)}</pre>" if error else "")
+            + (f'<div class="knobs">knobs in force: {escape(_knob_text(knobs))}</div>'
+               if knobs else ""))
     classes = f"cell {_outcome_class(cell['outcome'])}" + (" moved" if moved else "")
     return (f'<td class="{classes}" data-outcome="{escape(cell["outcome"])}" '
             f'title="{escape(tip)}"><details><summary>{escape(table.cell_text(cell))}'
             f"</summary>{body}</details></td>")
+
+
+def _knob_text(knobs: Mapping[str, Any]) -> str:
+    """``pool=null, loop=per-task, ...``: every knob the app ran with, defaults included."""
+    return ", ".join(f"{name}={json.dumps(value)}" for name, value in knobs.items())
 
 
 def _scenario_header(scenario: str, verdicts: list[Mapping[str, Any]], names: dict[str, str],

@@ -32,13 +32,20 @@ from celery.signals import worker_process_init
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.knobs import Knob
 from harness.task_support import count, make_app, mark_ran, settings
-from scenarios.apps.common import make_engine
+from scenarios.apps.common import ENGINE_KNOBS, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS,
+    Knob("task_style", str, "sync-asyncio-run", "how the task runs its coroutine",
+         choices=("sync-asyncio-run", "async-def", "async-def-base-class")),
+    Knob("ignore_result", bool, False, "the task stores no result (ignore_result=True)"),
+    Knob("worker_pool", str, None, "'celery-aio-pool': run on that third-party pool"),
+)
 app = make_app(__name__)
-SETTINGS = settings()
-TASK_STYLE: str = SETTINGS.get("task_style", "sync-asyncio-run")
-IGNORE_RESULT: bool = bool(SETTINGS.get("ignore_result", False))
+TASK_STYLE: str = SETTINGS.get("task_style")
+IGNORE_RESULT: bool = SETTINGS.get("ignore_result")
 engine: AsyncEngine | None = None
 # The third-party pool (PyPI celery-aio-pool): one process, one event loop in a
 # thread, and its own copy of Celery's tracer that awaits coroutine task bodies.

@@ -2,29 +2,55 @@
 
 Every knob is read from the variant's configuration, so a variant is pure data
 and the difference between a bad variant and its fix is a difference of config.
-
-Knobs read here:
-    pool: "default" (AsyncAdaptedQueuePool) or "null" (NullPool).
-    pool_size, max_overflow, pool_timeout: passed to the pool when set.
-    pre_ping: pool_pre_ping=True when true.
-    connect_args: a mapping passed to the driver's connect().
-    url_query: a mapping added to the URL's query string.
+The knobs declared here have one meaning in every app that reads them: an app
+declares ``ENGINE_KNOBS`` (and ``LOOP``) beside its own in ``settings(...)``.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from harness.knobs import Knob
 from harness.task_support import WorkerSettings
+
+ENGINE_KNOBS = (
+    Knob("pool", str, "default", "the engine's pool: 'default' (AsyncAdaptedQueuePool) or "
+         "'null' (NullPool)", choices=("default", "null")),
+    Knob("pool_size", int, None, "pool_size of the default pool (SQLAlchemy's when unset)"),
+    Knob("max_overflow", int, None, "max_overflow of the default pool"),
+    Knob("pool_timeout", (int, float), None, "seconds a checkout waits for a pooled connection"),
+    Knob("pre_ping", bool, False, "pool_pre_ping=True: test each connection at checkout"),
+    Knob("connect_args", dict, None, "keyword arguments for the driver's connect()"),
+    Knob("url_query", dict, None, "added to the database URL's query string"),
+    Knob("uuid_statement_names", bool, False,
+         "asyncpg: prepared_statement_name_func gives every statement a uuid name "
+         "(SQLAlchemy's recipe for PgBouncer); psycopg has no such hook and ignores it"),
+)
+LOOP = Knob(
+    "loop", str, "per-task",
+    "where a task's coroutine runs: 'per-task' (asyncio.run() per call), 'per-process' (one "
+    "loop per pool process, made after the fork) or 'inherited' (one loop made at import, in "
+    "the parent, that every child copies)", choices=("per-task", "per-process", "inherited"))
+
+
+def uuid_statement_name() -> str:
+    """SQLAlchemy's recipe for PgBouncer: a statement name no other client can have used.
+
+    Behind PgBouncer in transaction mode a server connection outlives the client
+    connection, and asyncpg's per-connection names (``__asyncpg_stmt_1__``) collide
+    there: "prepared statement ... already exists".
+    """
+    return f"__asyncpg_{uuid.uuid4()}__"
 
 
 def engine_kwargs(settings: WorkerSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
-    if settings.get("pool", "default") == "null":
+    if settings.get("pool") == "null":
         kwargs["poolclass"] = NullPool
     else:
         for knob in ("pool_size", "max_overflow", "pool_timeout"):
@@ -34,12 +60,17 @@ def engine_kwargs(settings: WorkerSettings) -> dict[str, Any]:
         kwargs["pool_pre_ping"] = True
     if settings.get("connect_args"):
         kwargs["connect_args"] = dict(settings.get("connect_args"))
+    if settings.get("uuid_statement_names") and settings.driver == "asyncpg":
+        kwargs["connect_args"] = {**kwargs.get("connect_args", {}),
+                                  "prepared_statement_name_func": uuid_statement_name}
     return kwargs
 
 
-def make_engine(settings: WorkerSettings) -> AsyncEngine:
-    """The engine the variant's configuration describes."""
+def make_engine(settings: WorkerSettings, login_role: str | None = None) -> AsyncEngine:
+    """The engine the variant's configuration describes (as ``login_role`` if given)."""
     url = make_url(settings.database_url)
+    if login_role:
+        url = url.set(username=login_role, password=login_role)
     if settings.get("url_query"):
         url = url.update_query_dict(dict(settings.get("url_query")))
     return create_async_engine(url, **engine_kwargs(settings))

@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.pool import NullPool
 
 from harness.task_support import make_app, settings
-from scenarios.apps.orm_models import read_task
+from scenarios.apps.orm_models import ORM_KNOBS, read_at_knob, read_task
 
+SETTINGS = settings(ORM_KNOBS, read_at_knob("after-close"))
 app = make_app(__name__)
-SETTINGS = settings()
 sessions: async_sessionmaker[AsyncSession] | None = None
 
 
@@ -39,13 +39,13 @@ def create_engine_after_fork(**_: object) -> None:
     # NullPool: every session opens its own connection on the task's own loop
     # (see scenarios/test_loop_bound_pool.py for what the default pool does).
     engine = create_async_engine(SETTINGS.database_url, poolclass=NullPool)
-    sessions = async_sessionmaker(engine, expire_on_commit=SETTINGS.get("expire_on_commit", True))
+    sessions = async_sessionmaker(engine, expire_on_commit=SETTINGS.get("expire_on_commit"))
 
 
 @app.task
 def read_user(token: str) -> str:
     assert sessions is not None
     return asyncio.run(read_task(
-        sessions, token, loader=SETTINGS.get("loader", "lazy"),
-        access=SETTINGS.get("access", "attribute"),
-        read_at=SETTINGS.get("read_at", "after-close")))
+        sessions, token, loader=SETTINGS.get("loader"),
+        access=SETTINGS.get("access"),
+        read_at=SETTINGS.get("read_at")))

@@ -18,11 +18,11 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
     dispose_in_child: "close=False" (SQLAlchemy's recipe: drop the inherited
         pool without touching its connections) or "close=True" (dispose it the
         usual way, closing them) in ``worker_process_init``; unset: no dispose.
-    loop: "per-process" (default: each child makes one event loop after the
-        fork and runs all its tasks on it), "per-task" (``asyncio.run()`` per
-        task, the article's pattern) or "inherited" (one loop made at import, in
-        the parent: the parent's check runs on it and each child keeps using
-        its copy).
+    loop: (:data:`scenarios.apps.common.LOOP`) "per-process" (each child makes one
+        event loop after the fork and runs all its tasks on it), "per-task"
+        (``asyncio.run()`` per task, the article's pattern, and the default) or
+        "inherited" (one loop made at import, in the parent: the parent's check
+        runs on it and each child keeps using its copy).
     pool_start_method: "fork" (Celery's default) or "spawn" (Celery 5.7's
         ``worker_pool_start_method``: each child is a fresh interpreter that
         imports this module again, so it inherits no objects from the parent).
@@ -42,11 +42,20 @@ from celery.signals import worker_init, worker_process_init
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.knobs import Knob
 from harness.task_support import count, make_app, settings, start_together
-from scenarios.apps.common import make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS, LOOP,
+    Knob("engine", str, None, "where the engine is made", choices=("import", "process-init")),
+    Knob("parent_query", bool, False, "the parent runs 'select 1' in worker_init, before the fork"),
+    Knob("dispose_in_child", str, None, "dispose the inherited engine in worker_process_init",
+         choices=("close=False", "close=True")),
+    Knob("pool_start_method", str, None, "Celery's worker_pool_start_method",
+         choices=("fork", "spawn")),
+)
 app = make_app(__name__)
-SETTINGS = settings()
 if SETTINGS.get("pool_start_method"):
     app.conf.worker_pool_start_method = SETTINGS.get("pool_start_method")
 OPENED_BY_PID = "opened_by_pid"  # key in each pooled connection's .info
@@ -116,7 +125,7 @@ def prepare_child(**_: object) -> None:
         else:
             raise ValueError(f"dispose_in_child must be 'close=False' or 'close=True', "
                              f"not {dispose!r}")
-    if SETTINGS.get("loop", "per-process") == "per-process":
+    if SETTINGS.get("loop") == "per-process":
         process_loop = asyncio.new_event_loop()
 
 

@@ -38,13 +38,22 @@ from celery.signals import worker_process_init
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import make_engine
+from scenarios.apps.common import ENGINE_KNOBS, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS,
+    Knob("steps", list, ["asyncio.run"], "the loop helper each successive call of a process "
+         "uses: 'asyncio.run', 'get_event_loop' or 'get_running_loop'"),
+    Knob("deprecation_warnings", str, "show", "'error': DeprecationWarning becomes an error",
+         choices=("show", "error")),
+    Knob("set_loop_at_process_start", bool, False,
+         "set a current event loop in worker_process_init"),
+)
 app = make_app(__name__)
-SETTINGS = settings()
-STEPS: list[str] = list(SETTINGS.get("steps", ["asyncio.run"]))
-WARNINGS_ARE_ERRORS: bool = SETTINGS.get("deprecation_warnings", "show") == "error"
+STEPS: list[str] = list(SETTINGS.get("steps"))
+WARNINGS_ARE_ERRORS: bool = SETTINGS.get("deprecation_warnings") == "error"
 logger = logging.getLogger(__name__)
 
 engine: AsyncEngine | None = None

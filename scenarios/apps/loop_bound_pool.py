@@ -17,11 +17,15 @@ from celery.signals import worker_process_init
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.knobs import Knob
 from harness.task_support import make_app, settings
-from scenarios.apps.common import make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS, LOOP,
+    Knob("dispose_after", bool, False, "await engine.dispose() at the end of each call"),
+)
 app = make_app(__name__)
-SETTINGS = settings()
 engine: AsyncEngine | None = None
 process_loop: asyncio.AbstractEventLoop | None = None
 

@@ -17,13 +17,15 @@ the mapping):
 
 from __future__ import annotations
 
+import json
 import os
 
 from sqlalchemy import ForeignKey, select
 from sqlalchemy.ext.asyncio import AsyncAttrs, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
-from harness.task_support import CONFIG_ENV, settings
+from harness.knobs import Knob
+from harness.task_support import CONFIG_ENV
 
 USER_NAME = "ada"
 EMAILS = ("ada@example.org", "ada@work.example.org")
@@ -44,6 +46,21 @@ LOADERS = ("lazy", "selectin")
 ACCESSES = ("attribute", "awaitable_attrs")
 READ_POINTS = ("in-transaction", "in-session", "after-close")
 
+RELATIONSHIP_LAZY_KNOB = Knob("relationship_lazy", str, "select",
+                              "the relationship's lazy= loader strategy ('raise' forbids it)")
+# The knobs of the ORM apps; each adds ``read_at`` with its own default.
+ORM_KNOBS = (
+    Knob("expire_on_commit", bool, True, "the session factory's expire_on_commit"),
+    Knob("loader", str, "lazy", "how addresses load", choices=LOADERS),
+    Knob("access", str, "attribute", "how the task reads them", choices=ACCESSES),
+    RELATIONSHIP_LAZY_KNOB,
+)
+
+
+def read_at_knob(default: str) -> Knob:
+    return Knob("read_at", str, default, "when the task reads the relationship",
+                choices=READ_POINTS)
+
 
 def _relationship_lazy() -> str:
     """The ``relationship_lazy`` knob; the default outside a worker.
@@ -52,8 +69,11 @@ def _relationship_lazy() -> str:
     process, where no variant configuration exists.
     """
     if CONFIG_ENV not in os.environ:
-        return "select"
-    return settings().get("relationship_lazy", "select")
+        return RELATIONSHIP_LAZY_KNOB.default
+    # Read before the app declares its knobs (it imports this module first); the
+    # app's settings(ORM_KNOBS, ...) then checks this knob's name, type and value.
+    config = json.loads(os.environ[CONFIG_ENV])["config"]
+    return config.get("relationship_lazy") or RELATIONSHIP_LAZY_KNOB.default
 
 
 RELATIONSHIP_LAZY = _relationship_lazy()

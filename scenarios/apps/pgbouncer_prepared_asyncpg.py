@@ -24,20 +24,21 @@ Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, url_query), pl
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from itertools import pairwise
-from typing import Any
-from uuid import uuid4
 
 from celery.signals import worker_process_init
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from harness.task_support import WorkerSettings, count, make_app, settings
-from scenarios.apps.common import make_engine
+from harness.knobs import Knob
+from harness.task_support import count, make_app, settings
+from scenarios.apps.common import ENGINE_KNOBS, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS,
+    Knob("executions", int, 4, "how many times each call runs its statement"),
+)
 app = make_app(__name__)
-SETTINGS = settings()
 engine: AsyncEngine | None = None
 process_loop: asyncio.AbstractEventLoop | None = None
 
@@ -47,25 +48,11 @@ ECHO = text("select cast(:token as text), pg_backend_pid(), "
             "(select count(*) from pg_prepared_statements)")
 
 
-def uuid_statement_name() -> str:
-    """SQLAlchemy's recipe for PgBouncer: a name no other client can have used."""
-    return f"__asyncpg_{uuid4()}__"
-
-
-def engine_settings(base: WorkerSettings) -> WorkerSettings:
-    """The variant's settings, with the statement-name function added when asked for."""
-    if not base.get("uuid_statement_names"):
-        return base
-    connect_args: dict[str, Any] = dict(base.get("connect_args") or {})
-    connect_args["prepared_statement_name_func"] = uuid_statement_name
-    return replace(base, config={**base.config, "connect_args": connect_args})
-
-
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
     """One engine and one event loop per worker process, made after the fork."""
     global engine, process_loop
-    engine = make_engine(engine_settings(SETTINGS))
+    engine = make_engine(SETTINGS)
     process_loop = asyncio.new_event_loop()
 
 
@@ -76,7 +63,7 @@ async def echo_repeatedly(token: str) -> str:
     backend_pids: list[int] = []
     executions_seeing_prepared = 0
     async with engine.connect() as conn:
-        for _ in range(SETTINGS.get("executions", 4)):
+        for _ in range(SETTINGS.get("executions")):
             async with conn.begin():
                 result = await conn.execute(ECHO, {"token": token})
                 value, backend_pid, prepared_on_server = result.one()

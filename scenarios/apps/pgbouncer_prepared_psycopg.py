@@ -39,11 +39,18 @@ from celery.signals import worker_process_init
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import make_engine
+from scenarios.apps.common import ENGINE_KNOBS, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS,
+    Knob("executions", int, 4, "how many times each call runs its statement"),
+    Knob("prepared_max", int, None, "psycopg's prepared_max (statements kept per connection)"),
+    Knob("query_shapes", str, "same", "which statements a call runs",
+         choices=("same", "halves", "by-process")),
+)
 app = make_app(__name__)
-SETTINGS = settings()
 engine: AsyncEngine | None = None
 process_loop: asyncio.AbstractEventLoop | None = None
 
@@ -72,9 +79,9 @@ def create_engine_after_fork(**_: object) -> None:
 
 def reversed_shape(execution: int) -> bool:
     """Whether this execution runs the second query text (see ``query_shapes``)."""
-    shapes = SETTINGS.get("query_shapes", "same")
+    shapes = SETTINGS.get("query_shapes")
     if shapes == "halves":
-        return execution >= SETTINGS.get("executions", 4) // 2
+        return execution >= SETTINGS.get("executions") // 2
     return shapes == "by-process" and os.getpid() % 2 == 1
 
 
@@ -85,7 +92,7 @@ async def echo_repeatedly(token: str) -> str:
     backend_pids: list[int] = []
     executions_seeing_prepared = 0
     async with engine.connect() as conn:
-        for execution in range(SETTINGS.get("executions", 4)):
+        for execution in range(SETTINGS.get("executions")):
             reverse = reversed_shape(execution)
             async with conn.begin():
                 result = await conn.execute(ECHO_REVERSED if reverse else ECHO,

@@ -34,11 +34,19 @@ from celery.signals import worker_process_init
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import make_engine
+from scenarios.apps.common import ENGINE_KNOBS, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS,
+    Knob("engine_at", str, None, "'import': one engine per process, made at import; unset: "
+         "one per call", choices=("import",)),
+    Knob("hold_s", (int, float), 1.0, "seconds each connection is held"),
+    Knob("bound", int, None, "at most this many of a call's connections at once"),
+    Knob("fan_out", int, 1, "connections one call checks out at once (asyncio.gather)"),
+)
 app = make_app(__name__)
-SETTINGS = settings()
 # Engine made before the fork: each child inherits a copy of its (empty) pool.
 engine: AsyncEngine | None = (
     make_engine(SETTINGS) if SETTINGS.get("engine_at") == "import" else None)
@@ -67,7 +75,7 @@ async def hold_one_connection(bound: asyncio.Semaphore | None) -> None:
             raise
         count(app, "checkouts")
         await conn.execute(text("select pg_sleep(:seconds)"),
-                           {"seconds": SETTINGS.get("hold_s", 1.0)})
+                           {"seconds": SETTINGS.get("hold_s")})
 
 
 async def fan_out(token: str) -> str:
@@ -76,7 +84,7 @@ async def fan_out(token: str) -> str:
     # Made here, on the running loop; one bound per call.
     bound = asyncio.Semaphore(int(limit)) if limit else None
     outcomes = await asyncio.gather(
-        *(hold_one_connection(bound) for _ in range(int(SETTINGS.get("fan_out", 1)))),
+        *(hold_one_connection(bound) for _ in range(SETTINGS.get("fan_out"))),
         return_exceptions=True)
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     if errors:

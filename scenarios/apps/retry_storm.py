@@ -15,10 +15,7 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
     hold_s: seconds each connection runs ``pg_sleep``.
     login_role: log in as this role (password: the role's name) instead of the
         run's superuser; the scenario's ``setup_sql`` creates it. None: superuser.
-    unique_statement_names: asyncpg only: SQLAlchemy's PgBouncer recipe, a uuid name
-        for every prepared statement (``prepared_statement_name_func``).
-    loop: "per-task" (``asyncio.run`` per call) or "per-process" (one loop per
-        process, so a pooled connection can be reused by the next call).
+    uuid_statement_names, loop: as in :mod:`scenarios.apps.common`.
     retry_on: which exceptions trigger a retry: "dbapi" (``sqlalchemy.exc.DBAPIError``),
         "operational" (``sqlalchemy.exc.OperationalError``) or "driver" (the
         driver's own base class: ``asyncpg.PostgresError`` / ``psycopg.Error``).
@@ -36,20 +33,30 @@ Counters (``task_support.count``): ``attempts`` (every run of the body) and
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from celery.signals import task_retry, worker_process_init
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from harness.knobs import Knob
 from harness.task_support import count, make_app, settings, start_together
-from scenarios.apps.common import engine_kwargs
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS, LOOP,
+    Knob("login_role", str, None, "log in as this role (its own connection limit)"),
+    Knob("connections", int, 1, "connections each call opens at once"),
+    Knob("hold_s", (int, float), 1.0, "seconds each connection is held"),
+    Knob("retry_on", str, "dbapi", "what autoretry_for catches",
+         choices=("dbapi", "operational", "driver")),
+    Knob("max_retries", int, 3, "Celery's max_retries"),
+    Knob("countdown", (int, float), 1.0, "seconds before a retry (without backoff)"),
+    Knob("backoff", int, 0, "retry_backoff: exponential backoff factor (0: off)"),
+    Knob("jitter", bool, False, "retry_jitter"),
+)
 app = make_app(__name__)
-SETTINGS = settings()
 engine: AsyncEngine | None = None
 process_loop: asyncio.AbstractEventLoop | None = None
 
@@ -71,29 +78,11 @@ def retry_exceptions(retry_on: str, driver: str) -> tuple[type[BaseException], .
     raise ValueError(f"unknown retry_on knob {retry_on!r}: use dbapi, operational or driver")
 
 
-def unique_statement_name() -> str:
-    """A prepared statement name no other client of a PgBouncer server connection uses."""
-    return f"__asyncpg_{uuid.uuid4()}__"
-
-
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
     """One engine per prefork process, made after the fork, logging in as the variant says."""
     global engine, process_loop
-    url = make_url(SETTINGS.database_url)
-    role = SETTINGS.get("login_role")
-    if role:
-        url = url.set(username=role, password=role)
-    if SETTINGS.get("url_query"):
-        url = url.update_query_dict(dict(SETTINGS.get("url_query")))
-    kwargs = engine_kwargs(SETTINGS)
-    if SETTINGS.get("unique_statement_names") and SETTINGS.driver == "asyncpg":
-        # Behind PgBouncer (transaction mode) a server connection outlives the client
-        # connection, and asyncpg's per-connection names (__asyncpg_stmt_1__) collide
-        # there: "prepared statement ... already exists". SQLAlchemy documents uuid names.
-        kwargs["connect_args"] = {**kwargs.get("connect_args", {}),
-                                  "prepared_statement_name_func": unique_statement_name}
-    engine = create_async_engine(url, **kwargs)
+    engine = make_engine(SETTINGS, login_role=SETTINGS.get("login_role"))
     if SETTINGS.get("loop") == "per-process":
         process_loop = asyncio.new_event_loop()
 
@@ -115,7 +104,7 @@ async def open_connection() -> AsyncConnection:
 async def hold_connections(token: str) -> str:
     """Open all connections at once, hold them, give them back; fail if one was refused."""
     opened = await asyncio.gather(
-        *(open_connection() for _ in range(int(SETTINGS.get("connections", 1)))),
+        *(open_connection() for _ in range(SETTINGS.get("connections"))),
         return_exceptions=True)
     conns = [c for c in opened if isinstance(c, AsyncConnection)]
     refused = [e for e in opened if isinstance(e, BaseException)]
@@ -123,7 +112,7 @@ async def hold_connections(token: str) -> str:
         if refused:
             raise refused[0]
         sleep = text("select pg_sleep(:seconds)")
-        await asyncio.gather(*(c.execute(sleep, {"seconds": SETTINGS.get("hold_s", 1.0)})
+        await asyncio.gather(*(c.execute(sleep, {"seconds": SETTINGS.get("hold_s")})
                                for c in conns))
         return token
     finally:
@@ -131,11 +120,11 @@ async def hold_connections(token: str) -> str:
 
 
 @app.task(
-    autoretry_for=retry_exceptions(SETTINGS.get("retry_on", "dbapi"), SETTINGS.driver),
-    retry_kwargs={"max_retries": SETTINGS.get("max_retries", 3),
-                  "countdown": SETTINGS.get("countdown", 1.0)},
-    retry_backoff=SETTINGS.get("backoff", 0),
-    retry_jitter=SETTINGS.get("jitter", False),
+    autoretry_for=retry_exceptions(SETTINGS.get("retry_on"), SETTINGS.driver),
+    retry_kwargs={"max_retries": SETTINGS.get("max_retries"),
+                  "countdown": SETTINGS.get("countdown")},
+    retry_backoff=SETTINGS.get("backoff"),
+    retry_jitter=SETTINGS.get("jitter"),
 )
 def storm(token: str, processes: int = 1) -> str:
     """Hold the variant's connections for a while and return ``token``.

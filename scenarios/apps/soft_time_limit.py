@@ -63,16 +63,24 @@ from celery.utils.log import get_task_logger
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
 
+SETTINGS = settings(
+    ENGINE_KNOBS, LOOP,
+    Knob("slow_calls", int, 2, "how many calls run the slow query"),
+    Knob("slow_query_s", (int, float), 5, "seconds the slow query sleeps on the server"),
+    Knob("lock_timeout_s", (int, float), 3, "lock_timeout of the check after the slow calls"),
+    Knob("on_soft_limit", str, "nothing", "what the task does on SoftTimeLimitExceeded",
+         choices=("nothing", "close-session", "cancel-task")),
+)
 app = make_app(__name__)
 logger = get_task_logger(__name__)
-SETTINGS = settings()
-SLOW_CALLS: int = int(SETTINGS.get("slow_calls", 2))
-SLOW_QUERY_S: float = float(SETTINGS.get("slow_query_s", 5))
-LOCK_TIMEOUT_S: float = float(SETTINGS.get("lock_timeout_s", 3))
-ON_SOFT_LIMIT: str = SETTINGS.get("on_soft_limit", "nothing")
+SLOW_CALLS: int = SETTINGS.get("slow_calls")
+SLOW_QUERY_S: float = float(SETTINGS.get("slow_query_s"))
+LOCK_TIMEOUT_S: float = float(SETTINGS.get("lock_timeout_s"))
+ON_SOFT_LIMIT: str = SETTINGS.get("on_soft_limit")
 SLOW_APPLICATION_NAME = "slow-call"
 engine: AsyncEngine | None = None
 process_loop: asyncio.AbstractEventLoop | None = None

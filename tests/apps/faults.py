@@ -16,12 +16,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from harness.knobs import Knob
 from harness.task_support import make_app, settings
 
 SLEEP_MARK = "faults: sleeping in a query"
 
+SETTINGS = settings(Knob("sleep_s", (int, float), 0, "seconds each call sleeps in the database"))
 app = make_app(__name__)
-SETTINGS = settings()
 log = get_task_logger(__name__)
 
 
@@ -42,4 +43,4 @@ async def answer_through_database(token: str, sleep_s: float) -> str:
 
 @app.task
 def sleep_in_query(token: str) -> str:
-    return asyncio.run(answer_through_database(token, float(SETTINGS.get("sleep_s", 0))))
+    return asyncio.run(answer_through_database(token, float(SETTINGS.get("sleep_s"))))

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import time
 
+from harness.knobs import Knob
 from harness.task_support import make_app, mark_ran, settings
 
+SETTINGS = settings(
+    Knob("fail_at_import", bool, False, "raise while the worker imports this module"),
+    Knob("sleep_at_import_s", (int, float), None, "sleep while the worker imports this module"),
+)
 app = make_app(__name__)
-SETTINGS = settings()
 
 if SETTINGS.get("fail_at_import"):
     raise RuntimeError("this app fails at import on purpose")
