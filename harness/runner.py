@@ -125,7 +125,8 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
             settings = WorkerSettings.for_variant(
                 scenario=scenario.id, variant=variant.name, driver=driver,
                 database_url=stack.database_url(driver, dbname), broker_url=stack.redis.url(),
-                queue=f"harness.{uuid.uuid4().hex}", config=variant.config)
+                queue=f"harness.{uuid.uuid4().hex}", config=variant.config,
+                start_together=workload.concurrency if workload.start_together else 0)
             worker = CeleryWorker(app_module=scenario.app, settings=settings, log_path=log_path,
                                   concurrency=workload.concurrency, project_root=project_root,
                                   extra_args=workload.worker_args)

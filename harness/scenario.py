@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from packaging.version import InvalidVersion, Version
+
 from harness.outcome import Outcome
 from harness.signatures import Signature
 
@@ -106,14 +108,21 @@ def when(condition: Callable[[RunEnv], bool], then: Expected, otherwise: Expecte
     return rule
 
 
-def version_tuple(version: str | None) -> tuple[int, ...]:
-    """``"1.18.0"`` -> ``(1, 18, 0)``; unknown or missing -> ``()``."""
+def parse_version(version: str | None) -> Version | None:
+    """A PEP 440 version (``"0.31.0rc1"`` sorts before ``"0.31"``), or None when
+    missing or unreadable (a binary that printed no version, say)."""
     if not version:
-        return ()
+        return None
     try:
-        return tuple(int(part) for part in version.split(".")[:3])
-    except ValueError:
-        return ()
+        return Version(version)
+    except InvalidVersion:
+        return None
+
+
+def older_than(version: str | None, boundary: str) -> bool:
+    """Is ``version`` older than ``boundary``? A missing or unreadable one counts as older."""
+    found = parse_version(version)
+    return found is None or found < Version(boundary)
 
 
 def before_package(package: str, version: str, older: Expected | Rule,
@@ -125,7 +134,7 @@ def before_package(package: str, version: str, older: Expected | Rule,
     carries its reason instead of reading as a regression.
     """
     def rule(env: RunEnv) -> Expected:
-        is_older = version_tuple(env.packages.get(package)) < version_tuple(version)
+        is_older = older_than(env.packages.get(package), version)
         rule.seen.add(is_older)  # type: ignore[attr-defined]
         chosen = older if is_older else otherwise
         found = chosen if isinstance(chosen, Expected) else chosen(env)
@@ -140,7 +149,7 @@ def before_package(package: str, version: str, older: Expected | Rule,
 def needs_pgbouncer(minimum: str, feature: str) -> Callable[[RunEnv], str | None]:
     """A ``Variant.requires`` check: n/a unless PgBouncer >= ``minimum`` is installed."""
     def check(env: RunEnv) -> str | None:
-        if version_tuple(env.pgbouncer) >= version_tuple(minimum):
+        if not older_than(env.pgbouncer, minimum):
             return None
         return (f"{feature} needs PgBouncer >= {minimum}; the installed PgBouncer is "
                 f"{env.pgbouncer or 'missing'}")
@@ -151,7 +160,7 @@ def needs_pgbouncer(minimum: str, feature: str) -> Callable[[RunEnv], str | None
 def until_pgbouncer(version: str, failing: Expected, why: str) -> Rule:
     """``failing`` on PgBouncer older than ``version``, clean from ``version`` on."""
     def older(env: RunEnv) -> bool:
-        return version_tuple(env.pgbouncer) < version_tuple(version)
+        return older_than(env.pgbouncer, version)
     rule = when(older, failing, clean(), why=why)
     rule.pgbouncer_boundary = version  # type: ignore[attr-defined]
     return rule
@@ -201,6 +210,10 @@ class Workload:
         ignore_result: the task stores no result (``ignore_result=True``); the
             harness then waits for the worker's "succeeded"/"raised" log line of
             each call instead of a result, and needs ``check_ran`` to know more.
+        start_together: each prefork process holds its first call until every
+            process has one, then all go at once (``task_support.start_together``,
+            joined by the app's task class): for hazards that need every process
+            at work from the start, not one process taking every call.
     """
 
     task: str
@@ -211,6 +224,7 @@ class Workload:
     worker_args: tuple[str, ...] = ()
     check_ran: bool = False
     ignore_result: bool = False
+    start_together: bool = False
 
 
 @dataclass(frozen=True)

@@ -55,19 +55,23 @@ class WorkerSettings:
     broker_url: str
     queue: str
     config: Mapping[str, Any]
+    start_together: int = 0  # processes whose first calls start at once (0: no barrier)
     knobs: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_variant(cls, *, scenario: str, variant: str, driver: str, database_url: str,
-                    broker_url: str, queue: str, config: Mapping[str, Any]) -> WorkerSettings:
+                    broker_url: str, queue: str, config: Mapping[str, Any],
+                    start_together: int = 0) -> WorkerSettings:
         """The settings the harness hands a worker (the one place they are built)."""
-        return cls(scenario, variant, driver, database_url, broker_url, queue, dict(config))
+        return cls(scenario, variant, driver, database_url, broker_url, queue, dict(config),
+                   start_together)
 
     def to_env(self) -> dict[str, str]:
         """The worker's environment variable that carries these settings."""
         fields = {"scenario": self.scenario, "variant": self.variant, "driver": self.driver,
                   "database_url": self.database_url, "broker_url": self.broker_url,
-                  "queue": self.queue, "config": dict(self.config)}
+                  "queue": self.queue, "config": dict(self.config),
+                  "start_together": self.start_together}
         return {CONFIG_ENV: json.dumps(fields)}
 
     def get(self, name: str) -> Any:
@@ -164,6 +168,20 @@ def count(app: Celery, name: str, amount: int = 1) -> None:
     app.backend.client.expire(key, FAILURE_TTL_S)
 
 
+def call_token(prefix: str, index: int) -> str:
+    """The token the harness sends as a call's first argument: ``"ab12cd34-007"``."""
+    return f"{prefix}-{index:03d}"
+
+
+def call_index(token: str) -> int:
+    """The index of the call a token belongs to (``"ab12cd34-007"`` -> 7), in sending order.
+
+    For a task that treats some calls differently (the first hangs, the first two are
+    slow): which calls those are follows from the workload, not from timing.
+    """
+    return int(token.rsplit("-", 1)[1])
+
+
 _joined_start = False
 
 
@@ -176,6 +194,9 @@ def start_together(app: Celery, processes: int, timeout_s: float = 10.0) -> None
     the last to arrive releases the others through a Redis list, so all of them go
     within a millisecond. If they do not all arrive within ``timeout_s`` the call
     goes on alone and the run's counter ``start-together-timeout`` says so.
+
+    The app's task class joins it before every call's body when the workload asks
+    for it (``Workload(start_together=True)``); apps do not call it themselves.
     """
     global _joined_start
     if _joined_start or processes < 2:
@@ -233,9 +254,13 @@ def _install_failure_reporter(app: Celery) -> None:
     base = app.Task
 
     class ReportingTask(base):  # type: ignore[misc, valid-type]
-        """Records the exception chain before Celery stores the FAILURE state."""
+        """Records the exception chain before Celery stores the FAILURE state, and
+        holds a process's first call at the workload's start barrier."""
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            processes = settings().start_together
+            if processes:
+                start_together(app, processes)  # once per process; a retry does not wait
             try:
                 return super().__call__(*args, **kwargs)
             except Retry:

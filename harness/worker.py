@@ -26,7 +26,14 @@ from harness._process import ManagedProcess, StartStop, tail, wait_for
 from harness.errors import WorkerStartError
 from harness.outcome import CallResult, CallStatus, never_ran
 from harness.signatures import ErrorRecord, ExceptionInfo, public_name
-from harness.task_support import COUNTER_KEY, FAILURE_KEY, KNOBS_KEY, RAN_KEY, WorkerSettings
+from harness.task_support import (
+    COUNTER_KEY,
+    FAILURE_KEY,
+    KNOBS_KEY,
+    RAN_KEY,
+    WorkerSettings,
+    call_token,
+)
 
 READY_MARK = " ready."  # celery logs "celery@<name> ready." once the pool has started
 POLL_S = 0.05
@@ -172,7 +179,7 @@ class CeleryWorker(StartStop):
         prefix = uuid.uuid4().hex[:8]
         sent: list[tuple[str, AsyncResult]] = []
         for i in range(calls):
-            token = f"{prefix}-{i:03d}"
+            token = call_token(prefix, i)
             result = self.client.send_task(task, args=[token], kwargs=dict(kwargs or {}),
                                            queue=self.settings.queue)
             sent.append((token, result))

@@ -144,7 +144,7 @@ SCENARIO = Scenario(
     # runs several calls. Each query waits at most 5 s for its reply: a reply
     # another process read would hang the call.
     workload=Workload(task="query_token", calls=16, concurrency=2, timeout_s=30.0,
-                      kwargs={"timeout_s": 5.0, "processes": 2}),
+                      kwargs={"timeout_s": 5.0}, start_together=True),
     signatures=(sig.FUTURE_OTHER_LOOP, sig.ASYNCPG_ANOTHER_OPERATION,
                 sig.PREPARED_STATEMENT_EXISTS, sig.PROTOCOL_DESYNC,
                 sig.ASYNCPG_CONNECTION_LOST, sig.ASYNCPG_CONNECTION_CLOSED,

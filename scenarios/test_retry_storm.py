@@ -146,7 +146,7 @@ SCENARIO = Scenario(
     # As many calls as processes: one burst that starts at once, no backlog.
     # Each process's first call waits for the other three's, so the burst is a burst.
     workload=Workload(task="storm", calls=4, concurrency=4, timeout_s=90,
-                      kwargs={"processes": 4}),
+                      start_together=True),
     stack=StackSpec(max_connections=9),
     setup_sql=(CREATE_APP_ROLE,),
     signatures=(sig.POOL_TIMEOUT, sig.TOO_MANY_CLIENTS, sig.PSYCOPG_NO_CONNECTION_SLOTS),

@@ -214,3 +214,12 @@ def test_soft_time_limit_matches_the_class_celery_really_raises():
     from celery.exceptions import SoftTimeLimitExceeded
 
     assert sig.SOFT_TIME_LIMIT.matches(record_of(SoftTimeLimitExceeded("soft limit")))
+
+
+def test_a_prerelease_is_older_than_its_release_and_newer_than_the_last_one():
+    from harness.scenario import older_than
+
+    assert older_than("0.31.0rc1", "0.31")
+    assert not older_than("0.31.0rc1", "0.30")
+    assert older_than("0.30.0", "0.31") and not older_than("0.31.0", "0.31")
+    assert older_than(None, "1.24") and older_than("unknown", "1.24")

@@ -43,7 +43,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
-from harness.task_support import count, make_app, settings, start_together
+from harness.task_support import count, make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
 
 SETTINGS = settings(
@@ -143,17 +143,13 @@ async def echo_through_database(token: str, timeout_s: float | None) -> str:
 
 
 @app.task
-def query_token(token: str, timeout_s: float | None = None, processes: int = 1) -> str:
+def query_token(token: str, timeout_s: float | None = None) -> str:
     """Echo ``token`` through the database; a reply meant for another call shows as WRONG.
 
     Args:
         token: the call's unique value, returned unchanged.
         timeout_s: bound on the query's wait for its reply (None: unbounded).
-        processes: the worker's processes; each one's first call waits for the
-            others', so every process is at work on the (maybe shared) connection
-            from the start instead of one process taking every call.
     """
-    start_together(app, processes)
     work = echo_through_database(token, timeout_s)
     if process_loop is not None:
         return process_loop.run_until_complete(work)

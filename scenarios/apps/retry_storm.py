@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harness.knobs import Knob
-from harness.task_support import count, make_app, settings, start_together
+from harness.task_support import count, make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
 
 SETTINGS = settings(
@@ -126,13 +126,12 @@ async def hold_connections(token: str) -> str:
     retry_backoff=SETTINGS.get("backoff"),
     retry_jitter=SETTINGS.get("jitter"),
 )
-def storm(token: str, processes: int = 1) -> str:
+def storm(token: str) -> str:
     """Hold the variant's connections for a while and return ``token``.
 
-    ``processes``: the worker's processes; the first call of each waits for the
-    others', so the burst really starts at once (a retry does not wait again).
+    The workload starts every process's first call at once, so the burst really is
+    one (a retry does not wait again).
     """
-    start_together(app, processes)
     count(app, "attempts")
     if process_loop is not None:
         return process_loop.run_until_complete(hold_connections(token))

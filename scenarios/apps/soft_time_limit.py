@@ -64,7 +64,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from harness.knobs import Knob
-from harness.task_support import count, make_app, settings
+from harness.task_support import call_index, count, make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
 
 SETTINGS = settings(
@@ -100,11 +100,6 @@ def create_engine_after_fork(**_: object) -> None:
     engine = make_engine(SETTINGS)
     if SETTINGS.get("loop") == "per-process":
         process_loop = asyncio.new_event_loop()
-
-
-def call_index(token: str) -> int:
-    """The harness's tokens end in the call's index: ``"ab12cd34-007"`` -> 7."""
-    return int(token.rsplit("-", 1)[1])
 
 
 def is_slow(token: str) -> bool:

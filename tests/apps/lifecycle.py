@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from harness.knobs import Knob
-from harness.task_support import make_app, mark_ran, settings
+from harness.task_support import call_index, make_app, mark_ran, settings
 
 SETTINGS = settings(
     Knob("fail_at_import", bool, False, "raise while the worker imports this module"),
@@ -31,7 +31,7 @@ def echo(token: str) -> str:
 @app.task
 def hang_first(token: str) -> str:
     """The call with index 000 never finishes; the others answer at once."""
-    if token.endswith("-000"):
+    if call_index(token) == 0:
         time.sleep(3600)
     return token
 
