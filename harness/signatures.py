@@ -223,10 +223,6 @@ QUERY_TIMEOUT = Signature(
     description="A query's reply did not come within the caller's own bound "
                 "(asyncio.wait_for): on a socket shared over fork, another process read it.")
 
-TIMED_OUT_WORK_COMMITTED = Signature(
-    "timed-out-work-committed", "scenarios.apps.soft_time_limit.TimedOutWorkCommitted",
-    description="A later call found rows committed by calls that Celery's soft time limit "
-                "had interrupted: the interrupted coroutine was resumed and committed.")
 LOCK_TIMEOUT = Signature(
     "lock-timeout", "Exception", sqlstate="55P03",
     description="A statement waited longer than lock_timeout for a row lock (here: held by "
@@ -260,6 +256,6 @@ CATALOGUE: dict[str, Signature] = {
         ASYNCPG_FOREIGN_TRANSACTION, PSYCOPG_RESULT_MISMATCH,
         COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
         IMPLICIT_LOOP_DEPRECATED,
-        TIMED_OUT_WORK_COMMITTED, LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM,
+        LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM,
     ]
 }
