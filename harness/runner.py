@@ -66,6 +66,10 @@ class VariantRun:
             "worker_start_s": round(self.worker_start_s, 3), "run_s": round(self.run_s, 3),
             "log_findings": self.log_findings, "counters": self.counters, "db": self.db, "log": self.log_path,
             "reason": self.reason, "config": dict(self.variant.config), "knobs": self.knobs,
+            "description": self.variant.description,
+            # What each signature this run met means, for the reader of the report.
+            "signature_help": {s.name: s.description for s in self.scenario.signatures
+                               if s.name in self.counts.by_signature and s.description},
             "claim": {"error": self.scenario.claim.error, "fix": self.scenario.claim.fix,
                       "signature": self.scenario.claim.signature,
                       "bad": self.scenario.claim.bad, "fixed": self.scenario.claim.fixed,

@@ -184,11 +184,6 @@ class StackSpec:
     pgbouncer_pool_size: int = 20
     max_prepared_statements: int | None = None  # needs PgBouncer >= 1.21
 
-    @property
-    def key(self) -> str:
-        return (f"pgb{int(self.pgbouncer)}-mc{self.max_connections}-ps{self.pgbouncer_pool_size}"
-                f"-mps{self.max_prepared_statements}")
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -265,6 +260,8 @@ class Variant:
         workload: a different workload (only when the condition under test needs it).
         requires: a check of the environment; returns a reason string when the
             variant cannot run here (shown as n/a), or None.
+        description: a sentence on what this variant stands for (the HTML report
+            shows it on the variant's name).
     """
 
     name: str

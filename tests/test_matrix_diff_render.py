@@ -164,3 +164,15 @@ def test_unknown_pgbouncer_pairs_with_the_one_environment_that_agrees() -> None:
     new_two = pgbouncer_matrix()
     found = diff.compare(old, new_two)
     assert found.pairs == [] and found.only_old_envs == [old["environments"][0]["id"]]
+
+
+def test_html_shows_what_a_variant_stands_for_its_knobs_and_its_signatures_meaning() -> None:
+    doc = results_doc("3.11.7", "2.1.9", "1", only="loop-bound-pool")
+    row = doc["results"][0]
+    row.update(description="The engine is made at <import>.",
+               knobs={"pool": "null", "loop": "per-task"},
+               signature_help={"future-other-loop": "A Future bound to another loop."})
+    page = render_html.render(merge.merge([(doc, {"slot": "baseline"}, "a")]))
+    assert 'title="The engine is made at &lt;import&gt;."' in page
+    assert "knobs in force: pool=&quot;null&quot;, loop=&quot;per-task&quot;" in page
+    assert "<b>future-other-loop</b>: A Future bound to another loop." in page

@@ -123,14 +123,22 @@ def _cell(cell: Mapping[str, Any] | None) -> str:
     first_line = error.splitlines()[0][:200] if error else ""
     tip = f"{table.counts(cell)}\n{expected}" + (f"\n{first_line}" if first_line else "")
     knobs = cell.get("knobs") or {}
+    meanings = "".join(f"<li><b>{escape(name)}</b>: {escape(text)}</li>"
+                       for name, text in (cell.get("signature_help") or {}).items())
     body = (f"<div>{escape(table.counts(cell))}</div><div>{escape(expected)}</div>"
             + (f"<pre>{escape(error)}</pre>" if error else "")
+            + (f'<ul class="knobs">{meanings}</ul>' if meanings else "")
             + (f'<div class="knobs">knobs in force: {escape(_knob_text(knobs))}</div>'
                if knobs else ""))
     classes = f"cell {_outcome_class(cell['outcome'])}" + (" moved" if moved else "")
     return (f'<td class="{classes}" data-outcome="{escape(cell["outcome"])}" '
             f'title="{escape(tip)}"><details><summary>{escape(table.cell_text(cell))}'
             f"</summary>{body}</details></td>")
+
+
+def _description(row: table.Row) -> str:
+    """The variant's description (from any environment that ran it), for its tooltip."""
+    return next((c.get("description") for c in row.cells if c and c.get("description")), "")
 
 
 def _knob_text(knobs: Mapping[str, Any]) -> str:
@@ -170,7 +178,7 @@ def render(matrix: Mapping[str, Any], title: str = "Compatibility matrix") -> st
                 f'data-scenario="{escape(r.scenario)}" data-driver="{escape(r.driver)}" '
                 f'data-outcomes="{escape(" ".join(r.outcomes))}" '
                 f'data-differs="{int(r.differs)}" data-moved="{int(moved)}">'
-                f"<td class=\"variant\">{escape(r.variant)}</td>"
+                f'<td class="variant" title="{escape(_description(r))}">{escape(r.variant)}</td>'
                 f"<td>{escape(r.driver)}</td><td>{escape(r.role)}</td>"
                 + "".join(_cell(c) for c in r.cells) + "</tr>")
     differ = sum(r.differs for r in rows)
