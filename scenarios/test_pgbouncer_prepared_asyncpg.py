@@ -84,10 +84,9 @@ PostgreSQL 15, PgBouncer 1.18)
       The statements pile up on the server connections (SQLAlchemy's docs warn
       of this and advise NullPool and a ``DISCARD`` reset in PgBouncer).
     * PgBouncer >= 1.21 with ``max_prepared_statements=100`` and no client-side
-      fix: n/a here (PgBouncer 1.18 is installed). Expected CLEAN from PgBouncer's
-      documentation (it tracks protocol-level named statements per client and
-      prepares them on each server connection under its own names); not yet
-      observed by this harness: the first run on a newer PgBouncer settles it.
+      fix: n/a on PgBouncer 1.18. CLEAN on PgBouncer 1.24.1 (observed, see below):
+      PgBouncer tracks protocol-level named statements per client and prepares
+      them on each server connection under its own names.
 
 PgBouncer 1.24 and later (observed with PgBouncer 1.24.1 on the docker backend)
     Every variant above that reproduces on 1.18 is CLEAN: from 1.24.0 on,
