@@ -1,6 +1,15 @@
-"""Expectation rules shared by the PgBouncer scenarios."""
+"""What the two PgBouncer scenarios share: their stacks and their expectation rules."""
 
-from harness.scenario import Expected, Rule, until_pgbouncer
+from harness.scenario import Expected, Rule, StackSpec, needs_pgbouncer, until_pgbouncer
+
+DIRECT = StackSpec(pgbouncer=False)
+# 2 server connections for 4 worker processes: a server connection always serves
+# several clients, so a prepared statement always meets another client.
+THROUGH_PGBOUNCER = StackSpec(pgbouncer=True, pgbouncer_pool_size=2)
+# The same, with PgBouncer tracking protocol-level prepared statements per client.
+PGBOUNCER_TRACKING = StackSpec(pgbouncer=True, pgbouncer_pool_size=2,
+                               max_prepared_statements=100)
+NEEDS_TRACKING = needs_pgbouncer("1.21", "max_prepared_statements")
 
 
 def before_tracking_default(failing: Expected) -> Rule:

@@ -75,12 +75,13 @@ from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, re
 from scenarios.apps.orm_models import AUDIT_ROWS_SQL, SETUP_SQL
 
 # Reads happen after the session closed unless a variant says otherwise (read_at).
+AFTER_CLOSE = {"read_at": "after-close"}
 EAGER = {"loader": "selectin"}
 DETACHED = reproduces("detached-instance")
 
 SCENARIO = Scenario(
     id="detached-instance",
-    app="scenarios.apps.detached_instance",
+    app="scenarios.apps.orm_reads",
     # Every call takes the same path, so 8 calls over 2 processes suffice.
     workload=Workload(task="read_user", calls=8, concurrency=2, timeout_s=60.0),
     signatures=(sig.DETACHED_INSTANCE, sig.MISSING_GREENLET),
@@ -93,15 +94,16 @@ SCENARIO = Scenario(
     setup_sql=SETUP_SQL,
     inspect_sql={"audit_rows": AUDIT_ROWS_SQL},
     variants=(
-        Variant("expired-read-after-close", Role.BAD, EAGER, expect=DETACHED),
+        Variant("expired-read-after-close", Role.BAD, {**EAGER, **AFTER_CLOSE},
+                expect=DETACHED),
         Variant("expired-read-in-session", Role.BAD, {**EAGER, "read_at": "in-session"},
                 expect=reproduces("missing-greenlet")),
         Variant("unloaded-relationship-after-close", Role.PARTIAL_FIX,
-                {"expire_on_commit": False}, expect=DETACHED),
+                {"expire_on_commit": False, **AFTER_CLOSE}, expect=DETACHED),
         Variant("expire-on-commit-false", Role.ARTICLE_FIX,
-                {**EAGER, "expire_on_commit": False}, expect=clean()),
+                {**EAGER, "expire_on_commit": False, **AFTER_CLOSE}, expect=clean()),
         Variant("awaitable-attrs-after-close", Role.BAD,
-                {**EAGER, "access": "awaitable_attrs"}, expect=DETACHED),
+                {**EAGER, "access": "awaitable_attrs", **AFTER_CLOSE}, expect=DETACHED),
         Variant("read-in-transaction", Role.CONTROL, {**EAGER, "read_at": "in-transaction"},
                 expect=clean()),
     ),

@@ -94,7 +94,7 @@ MISSING_GREENLET = reproduces("missing-greenlet")
 
 SCENARIO = Scenario(
     id="lazy-load-greenlet",
-    app="scenarios.apps.lazy_load_greenlet",
+    app="scenarios.apps.orm_reads",
     # Every call takes the same path, so 8 calls over 2 processes suffice.
     workload=Workload(task="read_user", calls=8, concurrency=2, timeout_s=60.0),
     signatures=(sig.MISSING_GREENLET, sig.LAZY_RAISE),

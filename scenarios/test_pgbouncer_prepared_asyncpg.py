@@ -132,22 +132,19 @@ from harness.scenario import (
     Claim,
     Role,
     Scenario,
-    StackSpec,
     Variant,
     Workload,
     before_package,
     clean,
-    needs_pgbouncer,
     reproduces,
 )
-from scenarios.pgbouncer_rules import before_tracking_default
-
-DIRECT = StackSpec(pgbouncer=False)
-# 2 server connections for 4 worker processes: a server connection always serves
-# several clients, so a named statement always meets another client.
-THROUGH_PGBOUNCER = StackSpec(pgbouncer=True, pgbouncer_pool_size=2)
-PGBOUNCER_TRACKING = StackSpec(pgbouncer=True, pgbouncer_pool_size=2, max_prepared_statements=100)
-NEEDS_TRACKING = needs_pgbouncer("1.21", "max_prepared_statements")
+from scenarios.pgbouncer_rules import (
+    DIRECT,
+    NEEDS_TRACKING,
+    PGBOUNCER_TRACKING,
+    THROUGH_PGBOUNCER,
+    before_tracking_default,
+)
 
 NULL = {"pool": "null", "executions": 4}
 POOLED = {"pool": "default", "executions": 4}

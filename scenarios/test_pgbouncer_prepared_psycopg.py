@@ -124,19 +124,19 @@ from harness.scenario import (
     Variant,
     Workload,
     clean,
-    needs_pgbouncer,
     reproduces,
 )
-from scenarios.pgbouncer_rules import before_tracking_default
+from scenarios.pgbouncer_rules import (
+    DIRECT,
+    NEEDS_TRACKING,
+    PGBOUNCER_TRACKING,
+    THROUGH_PGBOUNCER,
+    before_tracking_default,
+)
 
-DIRECT = StackSpec(pgbouncer=False)
-# 2 server connections for 4 worker processes: a server connection always serves
-# several clients, so a prepared statement always meets another client.
-THROUGH_PGBOUNCER = StackSpec(pgbouncer=True, pgbouncer_pool_size=2)
 # One server connection: two processes that each crossed the threshold are enough
 # for a collision, however unevenly Celery spreads the calls over the processes.
 ONE_SERVER_CONNECTION = StackSpec(pgbouncer=True, pgbouncer_pool_size=1)
-PGBOUNCER_TRACKING = StackSpec(pgbouncer=True, pgbouncer_pool_size=2, max_prepared_statements=100)
 
 NULL = {"pool": "null"}
 POOLED = {"pool": "default"}
@@ -199,7 +199,7 @@ SCENARIO = Scenario(
                 expect=clean(why="psycopg 3.3.9 trims its execution counts to prepared_max")),
         Variant("max-prepared-statements-default-pool", Role.FIX, {**POOLED, **ABOVE},
                 stack=PGBOUNCER_TRACKING,
-                requires=needs_pgbouncer("1.21", "max_prepared_statements"),
+                requires=NEEDS_TRACKING,
                 expect=clean(why="PgBouncer >= 1.21 tracks protocol-level statements (its "
                                  "documentation); observed CLEAN with PgBouncer 1.24.1")),
     ),

@@ -48,18 +48,15 @@ READ_POINTS = ("in-transaction", "in-session", "after-close")
 
 RELATIONSHIP_LAZY_KNOB = Knob("relationship_lazy", str, "select",
                               "the relationship's lazy= loader strategy ('raise' forbids it)")
-# The knobs of the ORM apps; each adds ``read_at`` with its own default.
+# The knobs of scenarios/apps/orm_reads.py.
 ORM_KNOBS = (
     Knob("expire_on_commit", bool, True, "the session factory's expire_on_commit"),
     Knob("loader", str, "lazy", "how addresses load", choices=LOADERS),
     Knob("access", str, "attribute", "how the task reads them", choices=ACCESSES),
+    Knob("read_at", str, "in-transaction", "when the task reads the relationship",
+         choices=READ_POINTS),
     RELATIONSHIP_LAZY_KNOB,
 )
-
-
-def read_at_knob(default: str) -> Knob:
-    return Knob("read_at", str, default, "when the task reads the relationship",
-                choices=READ_POINTS)
 
 
 def _relationship_lazy() -> str:

@@ -1,10 +1,12 @@
-"""Worker side of scenarios/test_lazy_load_greenlet.py.
+"""Worker side of scenarios/test_lazy_load_greenlet.py and test_detached_instance.py.
 
 The engine is created after the fork (``worker_process_init``) with NullPool,
 and each task runs its coroutine with a new ``asyncio.run()``, so neither the
-fork nor the event loop is under test: only how the ORM reads a relationship.
-The task loads the user, writes its audit row in a transaction that commits,
-and reads the user's name and addresses (:func:`orm_models.read_task`).
+fork nor the event loop is under test: only how the ORM reads a relationship,
+and what it can read from an instance once its transaction has committed and
+its session has closed. The task loads the user, writes its audit row in a
+transaction that commits, and reads the user's name and addresses
+(:func:`orm_models.read_task`).
 
 Knobs: ``relationship_lazy`` (see :mod:`scenarios.apps.orm_models`), plus
     expire_on_commit: passed to ``async_sessionmaker`` (default True, as in SQLAlchemy).
@@ -12,7 +14,8 @@ Knobs: ``relationship_lazy`` (see :mod:`scenarios.apps.orm_models`), plus
         (``selectinload(User.addresses)`` on the query).
     access: "attribute" (``user.addresses``) or "awaitable_attrs"
         (``await user.awaitable_attrs.addresses``).
-    read_at: "in-transaction" (default) or "in-session" (after the commit).
+    read_at: "in-transaction" (default), "in-session" (after the commit, the session
+        still open) or "after-close" (after the session closed).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.pool import NullPool
 
 from harness.task_support import make_app, settings
-from scenarios.apps.orm_models import ORM_KNOBS, read_at_knob, read_task
+from scenarios.apps.orm_models import ORM_KNOBS, read_task
 
-SETTINGS = settings(ORM_KNOBS, read_at_knob("in-transaction"))
+SETTINGS = settings(ORM_KNOBS)
 app = make_app(__name__)
 sessions: async_sessionmaker[AsyncSession] | None = None
 
