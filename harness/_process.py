@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import procinfo
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -163,19 +165,7 @@ def live_group_members(pgid: int) -> list[int]:
     containers) it stays in the group forever, so ``killpg(pgid, 0)`` is no proof
     of life. /proc is.
     """
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name (which may hold spaces) start after the last ')'.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+    return procinfo.live_group_members(pgid)
 
 
 def wait_for(

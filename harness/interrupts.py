@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
+
+from harness import procinfo
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 REAP_BOUND_S = 3.0
@@ -60,30 +61,6 @@ def _on_signal(signum: int, frame: Any) -> None:
                             f"(send it again to kill at once)")
 
 
-def descendants(root: int | None = None) -> list[int]:
-    """Every live process below ``root`` (default: this one), children first."""
-    root = os.getpid() if root is None else root
-    parent_of: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name (which may hold spaces) start after the last ')'.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z":
-            parent_of[int(entry.name)] = int(fields[1])
-    found: list[int] = []
-    frontier = [root]
-    while frontier:
-        children = [pid for pid, ppid in parent_of.items() if ppid in frontier]
-        found.extend(children)
-        frontier = children
-    return found
-
-
 def kill_everything_now(signum: int) -> None:
     """SIGKILL every descendant, remove this process's temp folders, and exit.
 
@@ -92,7 +69,7 @@ def kill_everything_now(signum: int) -> None:
     """
     from harness import scratch  # late: scratch imports _process, which is heavier
 
-    for pid in descendants():
+    for pid in procinfo.descendants(os.getpid()):
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -23,21 +23,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import _process
+from harness import _process, procinfo
 
 PREFIX = "harness-run-"
 _NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)-")
 _folder: Path | None = None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])
 
 
 def folder() -> Path:
@@ -45,7 +35,7 @@ def folder() -> Path:
     global _folder
     if _folder is None or not _folder.exists():
         pid = os.getpid()
-        _folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{pid}-{_start_ticks(pid)}-"))
+        _folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{pid}-{procinfo.start_ticks(pid)}-"))
         # Services run as the 'postgres' user when the harness is root: they must be
         # able to pass through this folder to their own (which they own, mode 0700).
         _folder.chmod(0o711)
@@ -88,7 +78,7 @@ def owner_alive(path: Path) -> bool:
     if match is None:
         return True
     pid, ticks = int(match.group(1)), int(match.group(2))
-    return _start_ticks(pid) == ticks
+    return procinfo.start_ticks(pid) == ticks
 
 
 def sweep(base: Path | None = None) -> list[Path]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import procinfo
 from harness.services.base import chown_to_service_user
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,18 +109,17 @@ def run_processes(mark: str, private_tmp: Path) -> list[Proc]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        info = procinfo.stat(int(entry.name))
+        if info is None or not info.alive:
+            continue
         try:
-            stat = (entry / "stat").read_text()
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             environ = (entry / "environ").read_bytes()
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] == "Z":
-            continue
-        pid = int(entry.name)
-        procs[pid] = Proc(pid, int(fields[1]), [a for a in argv if a])
+        pid = info.pid
+        procs[pid] = Proc(pid, info.ppid, [a for a in argv if a])
         if mark.encode() in environ or cwd.startswith(f"{private_tmp}/"):
             owned.add(pid)
     grew = True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import scratch
+from harness import procinfo, scratch
 from tests._runs import ROOT
 
 
@@ -36,7 +36,7 @@ def make_parent(base: Path, name: str) -> Path:
 
 
 def my_ticks() -> int:
-    ticks = scratch._start_ticks(os.getpid())
+    ticks = procinfo.start_ticks(os.getpid())
     assert ticks is not None
     return ticks
 
@@ -46,7 +46,7 @@ def dead_owner() -> tuple[int, int]:
     """The pid and start ticks of a process that ran and is gone (started, killed, reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        ticks = scratch._start_ticks(child.pid)
+        ticks = procinfo.start_ticks(child.pid)
         assert ticks is not None
     finally:
         child.kill()

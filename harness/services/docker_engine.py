@@ -21,9 +21,9 @@ import os
 import socket
 import threading
 import uuid
-from pathlib import Path
 from typing import Any
 
+from harness import procinfo
 from harness.errors import ServiceStartError
 from harness.services.base import LOOPBACK
 
@@ -152,11 +152,8 @@ def _configure_testcontainers() -> None:
 # --- ownership --------------------------------------------------------------------
 def _start_ticks(pid: int) -> str | None:
     """The process's start time (clock ticks since boot): tells a reused PID apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]
+    ticks = procinfo.start_ticks(pid)
+    return None if ticks is None else str(ticks)
 
 
 def owner_label(pid: int | None = None) -> str:
