@@ -109,7 +109,7 @@ def _smoke(backend_name: str, log_dir: Path, project_root: Path) -> dict[str, An
             __import__(module)
         from harness.services import backends
         from harness.errors import WorkerStartError
-        from harness.task_support import CONFIG_ENV
+        from harness.task_support import WorkerSettings
         from harness.worker import CeleryWorker
     except Exception as exc:  # noqa: BLE001 - whatever breaks the import is the finding
         return _fail("import", started, exc)
@@ -120,12 +120,12 @@ def _smoke(backend_name: str, log_dir: Path, project_root: Path) -> dict[str, An
     except Exception as exc:  # noqa: BLE001
         return _fail("services", started, exc)
     try:
-        settings = {"scenario": "smoke", "variant": "smoke", "driver": "asyncpg",
-                    # Never connected to: the call below does not touch the database.
-                    "database_url": "postgresql+asyncpg://smoke:smoke@127.0.0.1:9/smoke",
-                    "broker_url": redis.url(), "queue": f"harness.smoke.{uuid.uuid4().hex}",
-                    "config": {}}
-        os.environ[CONFIG_ENV] = json.dumps(settings)
+        settings = WorkerSettings.for_variant(
+            scenario="smoke", variant="smoke", driver="asyncpg",
+            # Never connected to: the call below does not touch the database.
+            database_url="postgresql+asyncpg://smoke:smoke@127.0.0.1:9/smoke",
+            broker_url=redis.url(), queue=f"harness.smoke.{uuid.uuid4().hex}", config={})
+        os.environ.update(settings.to_env())
         try:
             apps = sorted(p.stem for p in (project_root / "scenarios" / "apps").glob("*.py")
                           if not p.stem.startswith("_"))
@@ -133,10 +133,13 @@ def _smoke(backend_name: str, log_dir: Path, project_root: Path) -> dict[str, An
                 __import__(f"scenarios.apps.{app}")
         except Exception as exc:  # noqa: BLE001
             return _fail("apps", started, exc)
-        worker = CeleryWorker(app_module=SMOKE_APP, settings=settings,
-                              log_path=log_dir / "smoke-worker.log", concurrency=1,
-                              project_root=project_root,
-                              start_timeout_s=WORKER_START_TIMEOUT_S)
+        try:
+            worker = CeleryWorker(app_module=SMOKE_APP, settings=settings,
+                                  log_path=log_dir / "smoke-worker.log", concurrency=1,
+                                  project_root=project_root,
+                                  start_timeout_s=WORKER_START_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001
+            return _fail("worker", started, exc)
         try:
             try:
                 worker.start()
