@@ -18,8 +18,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness import procinfo
 
@@ -168,29 +169,67 @@ def live_group_members(pgid: int) -> list[int]:
     return procinfo.live_group_members(pgid)
 
 
+class Alive(Protocol):
+    """Anything a wait can watch: a process, a service, a container."""
+
+    def alive(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Waited:
+    """What one bounded wait saw; true when the check passed.
+
+    ``last`` is what the last attempt said (the exception it raised, or that the
+    answer was not yet the expected one), so a timeout can say what it waited for
+    *and* what it saw, as testcontainers' wait strategies do.
+    """
+
+    ok: bool
+    seconds: float
+    attempts: int
+    last: str
+    gone: bool = False  # the watched thing stopped before the check passed
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def explain(self, what: str) -> str:
+        """``did not <what> within 3.0 s (12 attempts); the last attempt said: ...``."""
+        how = "stopped before it could" if self.gone else "did not"
+        return (f"{how} {what} within {self.seconds:.1f} s ({self.attempts} attempts); "
+                f"the last attempt said: {self.last}")
+
+
 def wait_for(
-    check: Callable[[], bool],
+    check: Callable[[], object],
     *,
     timeout_s: float,
     interval_s: float = 0.05,
-    while_alive: ManagedProcess | None = None,
-) -> bool:
-    """Poll ``check`` until it returns True or ``timeout_s`` passes.
+    while_alive: Alive | None = None,
+) -> Waited:
+    """Poll ``check`` until it returns a true value or ``timeout_s`` passes.
 
-    Returns False on timeout, and early (False) when ``while_alive`` has exited.
-    ``check`` may raise; that counts as "not yet".
+    The one way the harness waits: services and containers for readiness, the
+    worker for its start and its calls, a matrix environment for its build.
+    Returns early (not ok) when ``while_alive`` has stopped. ``check`` may raise;
+    that counts as "not yet", and its message is kept as the last attempt's answer.
     """
-    deadline = time.monotonic() + timeout_s
+    began = time.monotonic()
+    deadline = began + timeout_s
+    attempts = 0
+    last = "no attempt finished"
     while True:
+        attempts += 1
         try:
             if check():
-                return True
-        except Exception:  # noqa: BLE001 - "not ready yet" comes in many shapes
-            pass
+                return Waited(True, time.monotonic() - began, attempts, "ready")
+            last = "the answer was not yet the expected one"
+        except Exception as exc:  # noqa: BLE001 - "not ready yet" comes in many shapes
+            last = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         if while_alive is not None and not while_alive.alive():
-            return False
+            return Waited(False, time.monotonic() - began, attempts, last, gone=True)
         if time.monotonic() >= deadline:
-            return False
+            return Waited(False, time.monotonic() - began, attempts, last)
         time.sleep(interval_s)
 
 

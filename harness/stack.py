@@ -20,6 +20,7 @@ from typing import Any
 from harness.scenario import StackSpec
 from harness.services import PgBouncerSettings, PostgresSettings
 from harness.services.backends import LOCAL, Backend
+from harness.services.base import PostgresService, RedisService, Service
 
 DRIVER_SCHEMES = {"asyncpg": "postgresql+asyncpg", "psycopg": "postgresql+psycopg"}
 
@@ -29,9 +30,9 @@ class Stack:
     """Running services for one spec."""
 
     spec: StackSpec
-    postgres: Any
-    pgbouncer: Any | None
-    redis: Any
+    postgres: PostgresService
+    pgbouncer: Service | None
+    redis: RedisService
     backend: str = "local"
 
     def database_url(self, driver: str, dbname: str) -> str:

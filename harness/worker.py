@@ -22,7 +22,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from harness import scratch
-from harness._process import ManagedProcess, StartStop, tail, wait_for
+from harness._process import ManagedProcess, StartStop, Waited, tail, wait_for
 from harness.errors import WorkerStartError
 from harness.outcome import CallResult, CallStatus, never_ran
 from harness.signatures import ErrorRecord, ExceptionInfo, public_name
@@ -107,18 +107,22 @@ class CeleryWorker(StartStop):
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._proc = ManagedProcess(self.command(), self.log_path, env=env,
                                     cwd=self.project_root)
-        if not wait_for(self._logged_ready, timeout_s=self.start_timeout_s,
-                        while_alive=self._proc, interval_s=POLL_S):
-            raise WorkerStartError(self._start_failure("log the line 'ready.'"))
+        waited = wait_for(self._logged_ready, timeout_s=self.start_timeout_s,
+                          while_alive=self._proc, interval_s=POLL_S)
+        if not waited:
+            raise WorkerStartError(self._start_failure("log the line 'ready.'", waited))
         remaining = max(1.0, self.start_timeout_s - (time.monotonic() - began))
-        if not wait_for(self._answers_ping, timeout_s=remaining, while_alive=self._proc):
-            raise WorkerStartError(self._start_failure("answer a control ping"))
+        waited = wait_for(self._answers_ping, timeout_s=remaining, while_alive=self._proc)
+        if not waited:
+            raise WorkerStartError(self._start_failure("answer a control ping", waited))
         self.start_s = time.monotonic() - began
 
-    def _start_failure(self, what: str) -> str:
+    def _start_failure(self, what: str, waited: Waited) -> str:
         assert self._proc is not None
         state = ("exited with code " + str(self._proc.popen.returncode)
-                 if not self._proc.alive() else f"did not {what} within {self.start_timeout_s:.0f} s")
+                 if not self._proc.alive()
+                 else f"did not {what} within {self.start_timeout_s:.0f} s "
+                      f"(the last attempt said: {waited.last})")
         return (f"The Celery worker for {self.app_module} {state}. Most often the app failed "
                 f"at import (see the traceback below) or a service it connects to at start is "
                 f"down. Full log: {self.log_path}\nLog tail:\n{self._proc.tail(30)}")
@@ -183,16 +187,18 @@ class CeleryWorker(StartStop):
             result = self.client.send_task(task, args=[token], kwargs=dict(kwargs or {}),
                                            queue=self.settings.queue)
             sent.append((token, result))
-        deadline = time.monotonic() + timeout_s
         finished: dict[str, str] = {}  # task id -> "succeeded" / "raised" / "ready"
-        while len(finished) < len(sent) and time.monotonic() < deadline:
+
+        def all_finished() -> bool:
             if ignore_result:
                 finished.update(self._finished_in_log())
             else:
                 finished.update({r.id: "ready" for _, r in sent
                                  if r.id not in finished and r.ready()})
-            if len(finished) < len(sent):
-                time.sleep(POLL_S)
+            return len(finished) >= len(sent)
+
+        # Not bounded by the worker's life: a call a dead pool process held is HUNG.
+        wait_for(all_finished, timeout_s=timeout_s, interval_s=POLL_S)
         collected = []
         for token, result in sent:
             call = self._collect(token, result, finished.get(result.id))

@@ -84,7 +84,8 @@ def test_services_need_their_generated_passwords():
 def test_a_failed_start_says_why_and_leaves_nothing():
     with pytest.raises(ServiceStartError) as failed:
         backend.DockerPostgres(PostgresSettings(extra={"no_such_setting": "1"})).__enter__()
-    assert "stopped before it answered" in str(failed.value)
+    assert "stopped before it could answer" in str(failed.value)
+    assert "the last attempt said: " in str(failed.value)
     assert "no_such_setting" in str(failed.value)  # the container's log tail is in the message
     assert leftovers(engine.RUN_ID) == []
 

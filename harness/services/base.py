@@ -36,7 +36,32 @@ class Service(Protocol):
 
     def log_tail(self, lines: int = 40) -> str: ...
 
+    def alive(self) -> bool: ...
+
     def stop(self) -> None: ...
+
+
+@runtime_checkable
+class PostgresService(Service, Protocol):
+    """A PostgreSQL server: what the stack and the runner ask of it."""
+
+    user: str
+    password: str
+
+    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple]: ...
+
+    def create_database(self, name: str) -> None: ...
+
+    def drop_database(self, name: str) -> None: ...
+
+
+@runtime_checkable
+class RedisService(Service, Protocol):
+    """The broker and result backend."""
+
+    password: str
+
+    def url(self, db: int = 0) -> str: ...
 
 
 def generate_password() -> str:

@@ -21,7 +21,7 @@ from harness.errors import ConfigError
 from harness.services import docker_engine as engine
 from harness.services.base import generate_password
 from harness.services.docker_container import ContainerService
-from harness.services.pgbouncer import PgBouncerSettings
+from harness.services.pgbouncer import PgBouncerSettings, pgbouncer_ini, userlist
 from harness.services.postgres import SUPERUSER, LocalPostgres, PostgresSettings
 from harness.services.redis import LocalRedis
 
@@ -141,34 +141,17 @@ class DockerPgBouncer(ContainerService):
     def start(self) -> None:
         began = time.monotonic()
         self.version = image_pgbouncer_version(self.image) or "unknown"
-        # PgBouncer needs the plain password to answer the server's SCRAM challenge itself.
-        auth = f'"{self.postgres.user}" "{self.postgres.password}"\n'
+        auth = userlist(self.postgres.user, self.postgres.password)
         self._launch(env={"PGBOUNCER_AUTH": auth, "PGBOUNCER_INI": self._config()},
                      entrypoint=["/bin/sh", "-c", PGBOUNCER_SCRIPT], command=[])
         self._wait_ready(self._answers, "'select 1' through to PostgreSQL")
         self.start_s = time.monotonic() - began
 
     def _config(self) -> str:
-        s = self.settings
-        lines = [
-            "[databases]",
-            f"* = host={self.postgres.alias} port={DockerPostgres.container_port}",
-            "[pgbouncer]",
-            "listen_addr = 0.0.0.0",
-            f"listen_port = {self.container_port}",
-            "unix_socket_dir =",
-            "auth_type = scram-sha-256",
-            "auth_file = /tmp/userlist.txt",
-            f"pool_mode = {s.pool_mode}",
-            f"default_pool_size = {s.default_pool_size}",
-            f"max_client_conn = {s.max_client_conn}",
-            # Drivers send these at start-up; PgBouncer refuses unknown ones otherwise.
-            "ignore_startup_parameters = extra_float_digits,options",
-            "server_check_delay = 0",
-        ]
-        if s.max_prepared_statements is not None:  # 1.18 refuses to start with this key
-            lines.append(f"max_prepared_statements = {s.max_prepared_statements}")
-        return "\n".join(lines) + "\n"
+        return pgbouncer_ini(self.settings,
+                             server=(self.postgres.alias, DockerPostgres.container_port),
+                             listen=("0.0.0.0", self.container_port),
+                             auth_file="/tmp/userlist.txt")
 
     def _answers(self) -> bool:
         with self.postgres.connect(port=self.port) as conn:

@@ -9,11 +9,10 @@ whatever happened. The services themselves are in :mod:`harness.services.docker`
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
-from harness._process import StartStop
+from harness._process import StartStop, wait_for
 from harness.errors import PortInUseError, ServiceStartError
 from harness.services import docker_engine as engine
 from harness.services.base import LOOPBACK
@@ -93,26 +92,13 @@ class ContainerService(StartStop):
 
     def _wait_ready(self, check: Callable[[], object], what: str) -> None:
         """Poll ``check`` (a real round trip) until it is true, bounded by the timeout."""
-        deadline = time.monotonic() + self._timeout_s
-        last = "no attempt finished"
-        while True:
-            try:
-                if check():
-                    return
-                last = "the answer was not the expected one"
-            except Exception as exc:  # noqa: BLE001 - "not ready yet" comes in many shapes
-                last = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            if not self.alive():
-                raise ServiceStartError(
-                    f"The {self.name} container ({self.image}) stopped before it answered "
-                    f"{what}; the last attempt said: {last}. Container log tail:\n"
-                    f"{self.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise ServiceStartError(
-                    f"{self.name} in container {self.image} did not answer {what} on "
-                    f"{LOOPBACK}:{self.port} within {self._timeout_s:.0f} s; the last attempt "
-                    f"said: {last}. Container log tail:\n{self.log_tail()}")
-            time.sleep(READY_POLL_S)
+        waited = wait_for(check, timeout_s=self._timeout_s, interval_s=READY_POLL_S,
+                          while_alive=self)
+        if not waited:
+            raise ServiceStartError(
+                f"{self.name} in container {self.image} "
+                f"{waited.explain(f'answer {what} on {LOOPBACK}:{self.port}')}. "
+                f"Container log tail:\n{self.log_tail()}")
 
     def stop(self) -> None:
         container, self._container = self._container, None

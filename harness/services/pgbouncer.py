@@ -6,24 +6,15 @@ prove a real query passes through it, and remove every trace on stop.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
 from harness import environment
-from harness._process import ManagedProcess, StartStop, wait_for
-from harness.errors import PortInUseError, ServiceStartError
-from harness.services.base import (
-    LOOPBACK,
-    find_binary,
-    free_port,
-    make_workdir,
-    remove_tree,
-    service_user,
-    write_private,
-)
+from harness._process import ManagedProcess
+from harness.services.base import LOOPBACK, find_binary, service_user, write_private
+from harness.services.local import LocalService
 from harness.services.postgres import LocalPostgres
 
 
@@ -38,91 +29,64 @@ class PgBouncerSettings:
     start_timeout_s: float = 15.0
 
 
-class LocalPgBouncer(StartStop):
+def pgbouncer_ini(settings: PgBouncerSettings, *, server: tuple[str, int],
+                  listen: tuple[str, int], auth_file: str) -> str:
+    """The pgbouncer.ini of every PgBouncer the harness starts (local or in a container).
+
+    Every database name is routed to one PostgreSQL (a ``*`` entry), in
+    ``pool_mode`` (transaction by default), with SCRAM auth against ``auth_file``.
+    """
+    lines = [
+        "[databases]",
+        f"* = host={server[0]} port={server[1]}",
+        "[pgbouncer]",
+        f"listen_addr = {listen[0]}",
+        f"listen_port = {listen[1]}",
+        "unix_socket_dir =",
+        "auth_type = scram-sha-256",
+        f"auth_file = {auth_file}",
+        f"pool_mode = {settings.pool_mode}",
+        f"default_pool_size = {settings.default_pool_size}",
+        f"max_client_conn = {settings.max_client_conn}",
+        # Drivers send these at start-up; PgBouncer refuses unknown ones otherwise.
+        "ignore_startup_parameters = extra_float_digits,options",
+        "server_check_delay = 0",
+    ]
+    if settings.max_prepared_statements is not None:  # 1.18 refuses to start with this key
+        lines.append(f"max_prepared_statements = {settings.max_prepared_statements}")
+    return "\n".join(lines) + "\n"
+
+
+def userlist(user: str, password: str) -> str:
+    """PgBouncer's auth file: it needs the plain password to answer the server's SCRAM
+    challenge itself, so the file is readable by the service user only."""
+    return f'"{user}" "{password}"\n'
+
+
+class LocalPgBouncer(LocalService):
     """PgBouncer routing every database name to ``postgres`` (a ``*`` entry)."""
 
     name = "pgbouncer"
+    label = "PgBouncer"
+    ready_what = "pass 'select 1' through to PostgreSQL"
 
     def __init__(self, postgres: LocalPostgres, settings: PgBouncerSettings | None = None) -> None:
         self.postgres = postgres
         self.settings = settings or PgBouncerSettings()
-        self.host = LOOPBACK
-        self.port = 0
-        self.version = ""
-        self.start_s = 0.0
-        self._dir: Path | None = None
-        self._proc: ManagedProcess | None = None
+        super().__init__(port=self.settings.port, start_timeout_s=self.settings.start_timeout_s)
 
-
-    def start(self) -> None:
-        began = time.monotonic()
-        binary = find_binary("pgbouncer", "pgbouncer")
+    def _prepare(self, folder: Path) -> None:
         self.version = environment.pgbouncer_version() or "unknown"
-        self._dir = make_workdir("pgbouncer")
-        # PgBouncer needs the plain password to answer the server's SCRAM challenge
-        # itself; the file is readable by the service user only and lives in a temp dir.
-        write_private(self._dir / "userlist.txt",
-                      f'"{self.postgres.user}" "{self.postgres.password}"\n')
-        attempts = 1 if self.settings.port else 3
-        for attempt in range(attempts):
-            self.port = self.settings.port or free_port()
-            ini = self._dir / "pgbouncer.ini"
-            write_private(ini, self._config())
-            self._proc = ManagedProcess([binary, str(ini)], self._dir / f"pgbouncer-{attempt}.log",
-                                        user=service_user())
-            if wait_for(self._answers, timeout_s=self.settings.start_timeout_s,
-                        while_alive=self._proc):
-                self.start_s = time.monotonic() - began
-                return
-            log_tail = self._proc.tail()
-            self._proc.stop(grace_s=2)
-            if "Address already in use" in log_tail:
-                if self.settings.port:
-                    raise PortInUseError(
-                        f"PgBouncer could not listen on {LOOPBACK}:{self.port}: the port is "
-                        f"taken. Stop what uses it or leave the port unset.\n{log_tail}")
-                continue
-            raise ServiceStartError(
-                f"PgBouncer {self.version} did not pass 'select 1' through to PostgreSQL on "
-                f"{LOOPBACK}:{self.port} within {self.settings.start_timeout_s:.0f} s. "
-                f"Log tail:\n{log_tail}")
-        raise PortInUseError(f"PgBouncer found no free port after {attempts} tries.")
+        self.label = f"PgBouncer {self.version}"
+        write_private(folder / "userlist.txt", userlist(self.postgres.user, self.postgres.password))
 
-    def _config(self) -> str:
-        s = self.settings
-        lines = [
-            "[databases]",
-            f"* = host={LOOPBACK} port={self.postgres.port}",
-            "[pgbouncer]",
-            f"listen_addr = {LOOPBACK}",
-            f"listen_port = {self.port}",
-            "unix_socket_dir =",
-            "auth_type = scram-sha-256",
-            f"auth_file = {self._dir / 'userlist.txt'}",
-            f"pool_mode = {s.pool_mode}",
-            f"default_pool_size = {s.default_pool_size}",
-            f"max_client_conn = {s.max_client_conn}",
-            # Drivers send these at start-up; PgBouncer refuses unknown ones otherwise.
-            "ignore_startup_parameters = extra_float_digits,options",
-            "server_check_delay = 0",
-        ]
-        if s.max_prepared_statements is not None:
-            lines.append(f"max_prepared_statements = {s.max_prepared_statements}")
-        return "\n".join(lines) + "\n"
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop(grace_s=5)
-            self._proc = None
-        if self._dir is not None:
-            remove_tree(self._dir)
-            self._dir = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._proc.tail(lines) if self._proc else "(pgbouncer is not running)"
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.alive()
+    def _launch(self, folder: Path, attempt: int) -> ManagedProcess:
+        ini = folder / "pgbouncer.ini"
+        write_private(ini, pgbouncer_ini(self.settings, server=(LOOPBACK, self.postgres.port),
+                                         listen=(LOOPBACK, self.port),
+                                         auth_file=str(folder / "userlist.txt")))
+        return ManagedProcess([find_binary("pgbouncer", "pgbouncer"), str(ini)],
+                              folder / f"pgbouncer-{attempt}.log", user=service_user())
 
     def _answers(self) -> bool:
         with psycopg.connect(self.postgres.conninfo(port=self.port), autocommit=True) as conn:

@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
-from harness._process import ManagedProcess, StartStop, wait_for
-from harness.errors import PortInUseError, ServiceStartError
+from harness._process import ManagedProcess
+from harness.errors import ServiceStartError
 from harness.services.base import (
     LOOPBACK,
     POSTGRES_BIN_DIRS,
     find_binary,
-    free_port,
     generate_password,
-    make_workdir,
-    remove_tree,
     service_user,
     write_private,
 )
+from harness.services.local import LocalService
 
 SUPERUSER = "harness"
 
@@ -41,7 +38,7 @@ class PostgresSettings:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-class LocalPostgres(StartStop):
+class LocalPostgres(LocalService):
     """A PostgreSQL server in a temp dir, run as an unprivileged user.
 
     Durability is switched off (``fsync=off`` and friends): these databases live
@@ -49,27 +46,22 @@ class LocalPostgres(StartStop):
     """
 
     name = "postgres"
+    label = "PostgreSQL"
+    ready_what = "answer 'select version()'"
+    stop_grace_s = 10.0
 
     def __init__(self, settings: PostgresSettings | None = None) -> None:
         self.settings = settings or PostgresSettings()
-        self.host = LOOPBACK
-        self.port = 0
+        super().__init__(port=self.settings.port, start_timeout_s=self.settings.start_timeout_s)
         self.user = SUPERUSER
         self.password = generate_password()
-        self.version = ""
-        self.start_s = 0.0
-        self._dir: Path | None = None
-        self._proc: ManagedProcess | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> None:
-        began = time.monotonic()
+    def _prepare(self, folder: Path) -> None:
         initdb = find_binary("initdb", "postgresql", POSTGRES_BIN_DIRS)
-        postgres = find_binary("postgres", "postgresql", POSTGRES_BIN_DIRS)
-        self._dir = make_workdir("postgres")
-        data = self._dir / "data"
-        pwfile = self._dir / "pwfile"
+        data = folder / "data"
+        pwfile = folder / "pwfile"
         write_private(pwfile, self.password + "\n")
         result = subprocess.run(
             [initdb, "-D", str(data), "-U", SUPERUSER, "--pwfile", str(pwfile),
@@ -82,55 +74,26 @@ class LocalPostgres(StartStop):
                 f"initdb failed with exit code {result.returncode}; PostgreSQL could not "
                 f"create its data folder in {data}. Its output:\n{result.stdout}{result.stderr}"
             )
-        attempts = 1 if self.settings.port else 3
-        for attempt in range(attempts):
-            self.port = self.settings.port or free_port()
-            log = self._dir / f"postgres-{attempt}.log"
-            self._proc = ManagedProcess(
-                [postgres, "-D", str(data), "-c", f"port={self.port}",
-                 "-c", f"listen_addresses={LOOPBACK}",
-                 # TCP only: the harness never uses a Unix socket, and a socket path
-                 # under a long TMPDIR exceeds Linux's 107 bytes (PostgreSQL then refuses
-                 # to start: "could not create any Unix-domain sockets").
-                 "-c", "unix_socket_directories=",
-                 "-c", f"max_connections={self.settings.max_connections}",
-                 "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "shared_buffers=32MB",
-                 *[arg for k, v in self.settings.extra.items() for arg in ("-c", f"{k}={v}")]],
-                log, user=service_user(), stop_signal=signal.SIGINT,  # SIGINT: fast shutdown
-            )
-            if wait_for(self._answers, timeout_s=self.settings.start_timeout_s,
-                        while_alive=self._proc):
-                self.version = self._query_one("show server_version").split()[0]
-                self.start_s = time.monotonic() - began
-                return
-            log_tail = self._proc.tail()
-            exit_code = self._proc.popen.poll()  # None: it is still running, just silent
-            self._proc.stop(grace_s=2)
-            if "already in use" in log_tail:
-                if self.settings.port:
-                    raise PortInUseError(
-                        f"PostgreSQL could not listen on {LOOPBACK}:{self.port}: the port is "
-                        f"taken. Stop what uses it or choose another port (leave it unset "
-                        f"and a free one is picked).\n{log_tail}"
-                    )
-                continue  # another process took the free port first: pick a new one
-            what = (f"exited at start (code {exit_code})" if exit_code is not None
-                    else f"did not answer 'select version()' on {LOOPBACK}:{self.port} "
-                         f"within {self.settings.start_timeout_s:.0f} s")
-            raise ServiceStartError(f"PostgreSQL {what}. Its log tail:\n{log_tail}")
-        raise PortInUseError(
-            f"PostgreSQL found no free port after {attempts} tries; something keeps "
-            f"taking ports on {LOOPBACK}."
+
+    def _launch(self, folder: Path, attempt: int) -> ManagedProcess:
+        postgres = find_binary("postgres", "postgresql", POSTGRES_BIN_DIRS)
+        return ManagedProcess(
+            [postgres, "-D", str(folder / "data"), "-c", f"port={self.port}",
+             "-c", f"listen_addresses={LOOPBACK}",
+             # TCP only: the harness never uses a Unix socket, and a socket path
+             # under a long TMPDIR exceeds Linux's 107 bytes (PostgreSQL then refuses
+             # to start: "could not create any Unix-domain sockets").
+             "-c", "unix_socket_directories=",
+             "-c", f"max_connections={self.settings.max_connections}",
+             "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off", "-c", "shared_buffers=32MB",
+             *[arg for k, v in self.settings.extra.items() for arg in ("-c", f"{k}={v}")]],
+            folder / f"postgres-{attempt}.log", user=service_user(),
+            stop_signal=signal.SIGINT,  # SIGINT: PostgreSQL's fast shutdown
         )
 
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop(grace_s=10)
-            self._proc = None
-        if self._dir is not None:
-            remove_tree(self._dir)
-            self._dir = None
+    def _on_ready(self) -> None:
+        self.version = self._query_one("show server_version").split()[0]
 
     # --- use -----------------------------------------------------------------------
     def conninfo(self, dbname: str = "postgres", *, port: int | None = None) -> str:
@@ -154,12 +117,6 @@ class LocalPostgres(StartStop):
     def drop_database(self, name: str) -> None:
         # FORCE ends sessions a worker or PgBouncer still holds (PostgreSQL >= 13).
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self._proc.tail(lines) if self._proc else "(postgres is not running)"
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.alive()
 
     def _answers(self) -> bool:
         return bool(self._query_one("select version()"))
