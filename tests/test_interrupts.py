@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,26 @@ def _wait_until(check: Callable[[], bool], bound_s: float, what: str, output: Pa
         time.sleep(0.2)
 
 
+@contextmanager
+def _under_way(command: Command, work: Path) -> Iterator[tuple[subprocess.Popen, Path, Path, str]]:
+    """Start ``command`` and wait until its run of several tests is under way.
+
+    Yields the process, its output file, the run's private TMPDIR and its marker; the
+    process is killed and the TMPDIR removed however the test ends.
+    """
+    output = work / "output.txt"
+    env, private_tmp, mark = private_run_env()
+    run = _start(command.argv(work), env, output)
+    try:
+        _wait_until(lambda: command.under_way(work, output), START_BOUND_S,
+                    "the run got under way", output, run)
+        yield run, output, private_tmp, mark
+    finally:
+        run.kill()
+        run.wait(timeout=10)
+        remove_tree(private_tmp)
+
+
 def _not_run_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip().startswith("not run: ")]
 
@@ -122,12 +143,7 @@ def _not_run_lines(text: str) -> list[str]:
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_a_signal_to_the_top_process_stops_the_run(tmp_path: Path, name: str, signum: int):
     command = COMMANDS[name]
-    output = tmp_path / "output.txt"
-    env, private_tmp, mark = private_run_env()
-    run = _start(command.argv(tmp_path), env, output)
-    try:
-        _wait_until(lambda: command.under_way(tmp_path, output), START_BOUND_S,
-                    "the run got under way", output, run)
+    with _under_way(command, tmp_path) as (run, output, private_tmp, mark):
         assert run_processes(mark, private_tmp), "the run should be alive before the signal"
         run.send_signal(signum)
         sent = time.monotonic()
@@ -146,10 +162,6 @@ def test_a_signal_to_the_top_process_stops_the_run(tmp_path: Path, name: str, si
             param = line.split("[", 1)[-1]
             assert not any(param.startswith(prefix) for prefix in ran), (line, ran)
         assert_nothing_left(mark, private_tmp, context=f"\n{text[-3000:]}")
-    finally:
-        run.kill()
-        run.wait(timeout=10)
-        remove_tree(private_tmp)
 
 
 def _recorded(work: Path) -> set[str]:
@@ -160,13 +172,7 @@ def _recorded(work: Path) -> set[str]:
 
 
 def test_a_second_ctrl_c_kills_at_once(tmp_path: Path):
-    command = COMMANDS["scenario-command"]
-    output = tmp_path / "output.txt"
-    env, private_tmp, mark = private_run_env()
-    run = _start(command.argv(tmp_path), env, output)
-    try:
-        _wait_until(lambda: command.under_way(tmp_path, output), START_BOUND_S,
-                    "the run got under way", output, run)
+    with _under_way(COMMANDS["scenario-command"], tmp_path) as (run, output, private_tmp, mark):
         run.send_signal(signal.SIGINT)
         time.sleep(0.3)  # the first one is being handled: services are stopping
         run.send_signal(signal.SIGINT)
@@ -176,7 +182,3 @@ def test_a_second_ctrl_c_kills_at_once(tmp_path: Path):
         assert code == 128 + signal.SIGINT, log_tail(output)
         assert took < KILL_BOUND_S, f"the second Ctrl-C took {took:.1f} s to end the run"
         assert_nothing_left(mark, private_tmp, context="\n" + log_tail(output))
-    finally:
-        run.kill()
-        run.wait(timeout=10)
-        remove_tree(private_tmp)
