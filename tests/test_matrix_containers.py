@@ -192,6 +192,7 @@ def test_the_run_command_labels_shares_host_namespaces_and_passes_only_harness_s
     assert f"--label {containers.LABEL_MATRIX}=abc" in joined
     assert f"--label {containers.LABEL_OWNER}=" in joined
     assert "--network host --pid host --uts host" in joined
+    assert f"--cpu-shares {containers.CPU_SHARES}" in joined
     assert f"-v {ROOT}:{ROOT}" in joined
     assert f"-v {tmp_path.resolve()}:{tmp_path.resolve()}" in joined
     assert "-e HARNESS_IMAGE_POSTGRES=harness-postgres:15" in joined

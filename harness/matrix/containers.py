@@ -64,6 +64,13 @@ CA_PATH = "/etc/harness/host-ca.pem"
 # grace for the launcher (run.STOP_GRACE_S, 20 s), so the finally here gets to run.
 STOP_GRACE_S = 15
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# CPU weight of a container environment. Under cgroup v1 a container is ONE scheduling
+# entity with the weight of one host process (cpu.shares 1024), while a host run's
+# processes compete one by one: with -n 4 (four pytest processes, each with a worker and
+# its pool) on a busy machine, the container got a twentieth of the CPU and its workers
+# missed their start timeouts (measured: 2 of 22 reached "ready"). This weight makes the
+# container count like the 16 or so processes it runs; it changes nothing on an idle host.
+CPU_SHARES = 16 * 1024
 # Variables of the host process that the container's run gets (the rest is the image's).
 PASS_PREFIXES = ("HARNESS_", "TC_", "TESTCONTAINERS_", "PYTEST_", "CELERY_")
 PASS_NAMES = ("PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
@@ -181,6 +188,7 @@ def run_argv(image: str, env_dir: Path, argv: Sequence[str], *, cwd: str, name: 
     out = [docker_cli(), "run", "--rm", "--name", name,
            *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")),
            "--network", "host", "--pid", "host", "--uts", "host",
+           "--cpu-shares", str(CPU_SHARES),
            *mount_args(mounts),
            *(["-v", f"{socket}:/var/run/docker.sock"] if socket else []),
            *(a for k, v in sorted(passed.items()) for a in ("-e", f"{k}={v}")),
