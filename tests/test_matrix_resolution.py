@@ -103,3 +103,17 @@ def test_parse_freeze_keeps_versions_and_drops_the_editable_harness() -> None:
     text = "Celery==5.4.0\n-e file:///work/main\nkombu==5.3.7\nredis==5.0.7\n"
     assert resolution.parse_freeze(text) == {"celery": "5.4.0", "kombu": "5.3.7",
                                              "redis": "5.0.7"}
+
+
+def test_every_project_requirement_is_stack_tool_or_shared() -> None:
+    """A new requirement in pyproject.toml must be sorted: under the cutoff or exempt."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    declared = {Requirement(r).name for r in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    sorted_out = ({Requirement(r).name for r in resolution.STACK} | set(resolution.TOOLS)
+                  | set(resolution.SHARED))
+    assert declared <= sorted_out, (
+        f"{sorted(declared - sorted_out)}: add each to STACK, TOOLS or SHARED in "
+        f"harness/matrix/resolution.py")

@@ -62,6 +62,9 @@ INDEX_TIMEOUT_S = 30
 TOOLS = ("pytest", "pytest-xdist", "pytest-timeout", "testcontainers", "celery-aio-pool", "uv")
 # The stack under test: what the scenarios exercise (pyproject.toml's other requirements).
 STACK = ("celery[redis]", "sqlalchemy[asyncio]", "asyncpg", "psycopg[binary]", "redis")
+# The harness's own requirements that the stack needs too: they keep the cutoff (kombu
+# requires packaging), and any version of their day serves the harness.
+SHARED = ("packaging",)
 # The distributions a pinned axis installs at exactly the pinned version.
 PINNED_DISTRIBUTIONS = {"sqlalchemy": ("sqlalchemy",), "celery": ("celery",),
                         "asyncpg": ("asyncpg",), "psycopg": ("psycopg", "psycopg-binary")}
