@@ -36,13 +36,16 @@ The article's claim
 What really happens (SQLAlchemy 2.1.9, Celery 5.7.0, asyncpg 0.32.0, psycopg 3.3.9,
 Python 3.11.7, PostgreSQL 15; every variant uses NullPool, made after the fork;
 the same outcomes on Python 3.10.13 with SQLAlchemy 2.0.58, and on 3.12.1 and
-3.13.0 with the same packages; the 3.14 rules follow CPython's documentation and
-were not run here). Both drivers behave the same: only the loop helper matters.
+3.13.0 with the same packages; and on Python 3.14.8, Debian forky's, in a container
+environment of ``harness matrix --python 3.14`` with the same packages and PostgreSQL
+15, where every variant met its rule below on 2026-11-30). Both drivers behave the
+same: only the loop helper matters.
     * ``get-event-loop`` (the article's bad code): CLEAN on 3.10-3.13. Each process
       creates one loop implicitly (``implicit-loops`` = processes) and reuses it;
       3.12 and 3.13 show one DeprecationWarning per process. The claim does not
       hold: no error at all, and the quoted text belongs to ``get_running_loop()``.
-      On 3.14 this variant fails with ``no-current-event-loop`` on every call.
+      On 3.14 this variant fails with ``no-current-event-loop`` on every call
+      (observed on 3.14.8: 12 of 12).
     * ``get-running-loop``: REPRODUCED, every call ``no-running-loop`` (the article's
       exact text), on every version.
     * ``asyncio-run-then-get-event-loop`` (each call runs ``asyncio.run()``, then
@@ -50,11 +53,15 @@ were not run here). Both drivers behave the same: only the loop helper matters.
     * ``get-event-loop-then-asyncio-run``: REPRODUCED ``no-current-event-loop``; the
       first call of each process succeeds and every later one fails (ok = processes
       that ran a call: 2 of 12, or 1 when one process took every call under load).
-      A mixed code base fails from the second task a process runs.
+      A mixed code base fails from the second task a process runs. On 3.14 the
+      first call fails too (observed on 3.14.8: 0 of 12 ok): ``get_event_loop()``
+      no longer makes the loop that call used to get.
     * ``get-event-loop-warnings-as-errors`` (the bad code with DeprecationWarning
       raised, as under ``-W error`` or pytest's ``filterwarnings = error``): CLEAN on
       3.10 and 3.11; REPRODUCED ``implicit-loop-deprecated`` on every call on 3.12
-      and 3.13 (the warning fires before the loop is set, so no loop is ever kept).
+      and 3.13 (the warning fires before the loop is set, so no loop is ever kept);
+      on 3.14 ``no-current-event-loop`` on every call (observed on 3.14.8: there is
+      no warning any more, only the RuntimeError).
     * ``asyncio-run`` (the article's fix): CLEAN on every version.
     * ``loop-set-at-process-start`` (``new_event_loop()`` + ``set_event_loop()`` in
       ``worker_process_init``, then ``get_event_loop()`` under warnings-as-errors):
