@@ -26,6 +26,7 @@ its full package list (``uv pip freeze``) in its stamp.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -169,13 +170,19 @@ def run_bounded(argv: Sequence[str], log_path: Path, *, timeout_s: float, what: 
                             f"build for this Python, drop that version or that Python.")
 
 
+@functools.lru_cache(maxsize=1)
+def _pip_config() -> str:
+    """``pip config list``, asked once per process (a subprocess: about a second)."""
+    try:
+        return subprocess.run([sys.executable, "-m", "pip", "config", "list"],
+                              capture_output=True, text=True, timeout=30, check=False).stdout
+    except subprocess.TimeoutExpired:
+        return ""
+
+
 def _pip_settings() -> dict[str, str]:
     """pip's effective configuration as ``{'index-url': ..., ...}`` (last value wins)."""
-    try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
-                             capture_output=True, text=True, timeout=30, check=False).stdout
-    except subprocess.TimeoutExpired:
-        return {}
+    out = _pip_config()
     found: dict[str, str] = {}
     for line in out.splitlines():
         key, _, value = line.partition("=")
