@@ -207,7 +207,8 @@ LOCAL = "local"
 PGBOUNCER_IMAGE = "harness-pgbouncer:{}"
 IMAGE_VARIABLE = "HARNESS_IMAGE_PGBOUNCER"
 # The PgBouncer images docker/build.sh makes, and the Debian release each comes from.
-BUILDABLE = {"1.18": "Debian 12 bookworm", "1.24": "Debian 13 trixie"}
+BUILDABLE = {"1.18": "Debian 12 bookworm", "1.24": "Debian 13 trixie",
+             "1.26": "Debian forky, testing (an optional suite: HARNESS_SUITES=forky)"}
 BUILD_HINT = ("'bash docker/build.sh' builds them offline from Debian packages ("
               + ", ".join(f"{PGBOUNCER_IMAGE.format(v)} from {d}" for v, d in BUILDABLE.items())
               + ", plus the PostgreSQL and Redis images the docker backend also needs); as "
