@@ -8,8 +8,10 @@ declares ``ENGINE_KNOBS`` (and ``LOOP``) beside its own in ``settings(...)``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -36,6 +38,34 @@ LOOP = Knob(
     "where a task's coroutine runs: 'per-task' (asyncio.run() per call), 'per-process' (one "
     "loop per pool process, made after the fork) or 'inherited' (one loop made at import, in "
     "the parent, that every child copies)", choices=("per-task", "per-process", "inherited"))
+
+
+T = TypeVar("T")
+
+
+class LoopRunner:
+    """The one implementation of the ``loop`` knob: where a task's coroutine runs.
+
+    "per-task": a new ``asyncio.run()`` per call. "per-process": one loop per pool
+    process, made after the fork (call :meth:`after_fork` in ``worker_process_init``).
+    "inherited": one loop made here, at import, in the parent, so every child runs on
+    its copy (selector included).
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.loop: asyncio.AbstractEventLoop | None = (
+            asyncio.new_event_loop() if mode == "inherited" else None)
+
+    def after_fork(self) -> None:
+        if self.mode == "per-process":
+            self.loop = asyncio.new_event_loop()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` to its end on the process's loop, else in ``asyncio.run()``."""
+        if self.loop is None:
+            return asyncio.run(coroutine)
+        return self.loop.run_until_complete(coroutine)
 
 
 def uuid_statement_name() -> str:

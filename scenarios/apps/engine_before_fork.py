@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -61,7 +61,7 @@ if SETTINGS.get("pool_start_method"):
 OPENED_BY_PID = "opened_by_pid"  # key in each pooled connection's .info
 
 engine: AsyncEngine | None = None
-process_loop: asyncio.AbstractEventLoop | None = None
+RUNNER = LoopRunner(SETTINGS.get("loop"))  # "inherited": made here, in the parent
 
 
 def create_engine() -> AsyncEngine:
@@ -78,9 +78,6 @@ def create_engine() -> AsyncEngine:
 if SETTINGS.get("engine") == "import":
     # The pattern the article calls bad: a module-level engine, made in the parent.
     engine = create_engine()
-if SETTINGS.get("loop") == "inherited":
-    # Made in the parent, so every child gets a copy of it, selector included.
-    process_loop = asyncio.new_event_loop()
 
 
 async def start_up_check(check_engine: AsyncEngine, *, dispose: bool) -> None:
@@ -100,16 +97,13 @@ def check_database_before_fork(**_: object) -> None:
         check = start_up_check(engine, dispose=False)
     else:
         check = start_up_check(create_engine(), dispose=True)
-    if process_loop is not None:
-        process_loop.run_until_complete(check)
-    else:
-        asyncio.run(check)
+    RUNNER.run(check)
 
 
 @worker_process_init.connect
 def prepare_child(**_: object) -> None:
     """Runs in each child right after the fork, before its first task."""
-    global engine, process_loop
+    global engine
     if SETTINGS.get("engine") == "process-init":
         engine = create_engine()
     dispose = SETTINGS.get("dispose_in_child")
@@ -125,8 +119,7 @@ def prepare_child(**_: object) -> None:
         else:
             raise ValueError(f"dispose_in_child must be 'close=False' or 'close=True', "
                              f"not {dispose!r}")
-    if SETTINGS.get("loop") == "per-process":
-        process_loop = asyncio.new_event_loop()
+    RUNNER.after_fork()
 
 
 async def echo_through_database(token: str, timeout_s: float | None) -> str:
@@ -151,6 +144,4 @@ def query_token(token: str, timeout_s: float | None = None) -> str:
         timeout_s: bound on the query's wait for its reply (None: unbounded).
     """
     work = echo_through_database(token, timeout_s)
-    if process_loop is not None:
-        return process_loop.run_until_complete(work)
-    return asyncio.run(work)
+    return RUNNER.run(work)

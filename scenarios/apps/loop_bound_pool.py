@@ -11,7 +11,6 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
 
 from __future__ import annotations
 
-import asyncio
 
 from celery.signals import worker_process_init
 from sqlalchemy import text
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
 from harness.task_support import make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -27,15 +26,14 @@ SETTINGS = settings(
 )
 app = make_app(__name__)
 engine: AsyncEngine | None = None
-process_loop: asyncio.AbstractEventLoop | None = None
+RUNNER = LoopRunner(SETTINGS.get("loop"))
 
 
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
-    global engine, process_loop
+    global engine
     engine = make_engine(SETTINGS)
-    if SETTINGS.get("loop") == "per-process":
-        process_loop = asyncio.new_event_loop()
+    RUNNER.after_fork()
 
 
 async def echo_through_database(token: str) -> str:
@@ -51,6 +49,4 @@ async def echo_through_database(token: str) -> str:
 
 @app.task
 def query_token(token: str) -> str:
-    if process_loop is not None:
-        return process_loop.run_until_complete(echo_through_database(token))
-    return asyncio.run(echo_through_database(token))
+    return RUNNER.run(echo_through_database(token))

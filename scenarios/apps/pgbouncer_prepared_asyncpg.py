@@ -23,7 +23,6 @@ Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, url_query), pl
 
 from __future__ import annotations
 
-import asyncio
 from itertools import pairwise
 
 from celery.signals import worker_process_init
@@ -32,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS,
@@ -40,7 +39,9 @@ SETTINGS = settings(
 )
 app = make_app(__name__)
 engine: AsyncEngine | None = None
-process_loop: asyncio.AbstractEventLoop | None = None
+# One loop per process, made after the fork: pooled connections are reused by the next
+# call on the loop they belong to (loop-bound-pool is where the loop is under test).
+RUNNER = LoopRunner("per-process")
 
 # Besides the token: which server connection ran it, and how many named prepared
 # statements that server connection holds (whichever client made them).
@@ -51,9 +52,9 @@ ECHO = text("select cast(:token as text), pg_backend_pid(), "
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
     """One engine and one event loop per worker process, made after the fork."""
-    global engine, process_loop
+    global engine
     engine = make_engine(SETTINGS)
-    process_loop = asyncio.new_event_loop()
+    RUNNER.after_fork()
 
 
 async def echo_repeatedly(token: str) -> str:
@@ -83,5 +84,4 @@ async def echo_repeatedly(token: str) -> str:
 @app.task
 def query_token(token: str) -> str:
     """Echo ``token`` through the database, ``executions`` times on one connection."""
-    assert process_loop is not None
-    return process_loop.run_until_complete(echo_repeatedly(token))
+    return RUNNER.run(echo_repeatedly(token))

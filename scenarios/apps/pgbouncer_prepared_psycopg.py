@@ -30,7 +30,6 @@ Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, e.g.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from itertools import pairwise
 from typing import Any
@@ -41,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS,
@@ -52,7 +51,9 @@ SETTINGS = settings(
 )
 app = make_app(__name__)
 engine: AsyncEngine | None = None
-process_loop: asyncio.AbstractEventLoop | None = None
+# One loop per process, made after the fork: pooled connections are reused by the next
+# call on the loop they belong to (loop-bound-pool is where the loop is under test).
+RUNNER = LoopRunner("per-process")
 
 # Besides the token: which server connection ran it, and how many named prepared
 # statements that server connection holds (whichever client made them).
@@ -70,11 +71,11 @@ def set_prepared_max(_dbapi_connection: Any, connection_record: Any) -> None:
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
     """One engine and one event loop per worker process, made after the fork."""
-    global engine, process_loop
+    global engine
     engine = make_engine(SETTINGS)
     if "prepared_max" in SETTINGS.config:
         event.listen(engine.sync_engine, "connect", set_prepared_max)
-    process_loop = asyncio.new_event_loop()
+    RUNNER.after_fork()
 
 
 def reversed_shape(execution: int) -> bool:
@@ -114,5 +115,4 @@ async def echo_repeatedly(token: str) -> str:
 @app.task
 def query_token(token: str) -> str:
     """Echo ``token`` through the database, ``executions`` times on one connection."""
-    assert process_loop is not None
-    return process_loop.run_until_complete(echo_repeatedly(token))
+    return RUNNER.run(echo_repeatedly(token))

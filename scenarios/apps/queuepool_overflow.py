@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS,
@@ -50,16 +50,18 @@ app = make_app(__name__)
 # Engine made before the fork: each child inherits a copy of its (empty) pool.
 engine: AsyncEngine | None = (
     make_engine(SETTINGS) if SETTINGS.get("engine_at") == "import" else None)
-process_loop: asyncio.AbstractEventLoop | None = None
+# One loop per process, made after the fork: pooled connections are reused by the next
+# call on the loop they belong to (loop-bound-pool is where the loop is under test).
+RUNNER = LoopRunner("per-process")
 
 
 @worker_process_init.connect
 def prepare_process(**_: object) -> None:
     """The process's engine (unless made at import) and its long-lived event loop."""
-    global engine, process_loop
+    global engine
     if engine is None:
         engine = make_engine(SETTINGS)
-    process_loop = asyncio.new_event_loop()
+    RUNNER.after_fork()
 
 
 async def hold_one_connection(bound: asyncio.Semaphore | None) -> None:
@@ -95,5 +97,4 @@ async def fan_out(token: str) -> str:
 @app.task
 def fan_out_query(token: str) -> str:
     """One call: the fan-out on this process's loop, then ``token``."""
-    assert process_loop is not None
-    return process_loop.run_until_complete(fan_out(token))
+    return RUNNER.run(fan_out(token))

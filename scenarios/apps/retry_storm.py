@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harness.knobs import Knob
 from harness.task_support import count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -58,7 +58,7 @@ SETTINGS = settings(
 )
 app = make_app(__name__)
 engine: AsyncEngine | None = None
-process_loop: asyncio.AbstractEventLoop | None = None
+RUNNER = LoopRunner(SETTINGS.get("loop"))
 
 
 def retry_exceptions(retry_on: str, driver: str) -> tuple[type[BaseException], ...]:
@@ -81,10 +81,9 @@ def retry_exceptions(retry_on: str, driver: str) -> tuple[type[BaseException], .
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
     """One engine per prefork process, made after the fork, logging in as the variant says."""
-    global engine, process_loop
+    global engine
     engine = make_engine(SETTINGS, login_role=SETTINGS.get("login_role"))
-    if SETTINGS.get("loop") == "per-process":
-        process_loop = asyncio.new_event_loop()
+    RUNNER.after_fork()
 
 
 @task_retry.connect
@@ -133,6 +132,4 @@ def storm(token: str) -> str:
     one (a retry does not wait again).
     """
     count(app, "attempts")
-    if process_loop is not None:
-        return process_loop.run_until_complete(hold_connections(token))
-    return asyncio.run(hold_connections(token))
+    return RUNNER.run(hold_connections(token))

@@ -65,7 +65,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from harness.knobs import Knob
 from harness.task_support import call_index, count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, LOOP, make_engine
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -83,7 +83,7 @@ LOCK_TIMEOUT_S: float = float(SETTINGS.get("lock_timeout_s"))
 ON_SOFT_LIMIT: str = SETTINGS.get("on_soft_limit")
 SLOW_APPLICATION_NAME = "slow-call"
 engine: AsyncEngine | None = None
-process_loop: asyncio.AbstractEventLoop | None = None
+RUNNER = LoopRunner(SETTINGS.get("loop"))
 
 
 class TimedOutWorkCommitted(Exception):
@@ -96,10 +96,9 @@ class SoftLimitNeverFired(Exception):
 
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
-    global engine, process_loop
+    global engine
     engine = make_engine(SETTINGS)
-    if SETTINGS.get("loop") == "per-process":
-        process_loop = asyncio.new_event_loop()
+    RUNNER.after_fork()
 
 
 def is_slow(token: str) -> bool:
@@ -175,8 +174,10 @@ def interrupted_module(tb: TracebackType | None) -> str:
 
 def run_on_loop(token: str, sessions: list[AsyncSession]) -> str:
     """Drive the call's coroutine on a new loop or on the process's loop (``loop`` knob)."""
+    process_loop = RUNNER.loop
     if process_loop is None:
-        return asyncio.run(write_row(token, sessions))
+        return RUNNER.run(write_row(token, sessions))
+    # On the process's loop the task is kept, so a cancel-task variant can cancel it.
     task = process_loop.create_task(write_row(token, sessions))
     try:
         return process_loop.run_until_complete(task)
