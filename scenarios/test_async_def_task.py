@@ -40,9 +40,16 @@ psycopg 3.3.9, Python 3.11.7, PostgreSQL 15; PgBouncer is not used)
       Celery logs "succeeded", the body never ran, no row is written. The worker
       log has "coroutine ... was never awaited", but only once or twice per run:
       Python shows a warning once per code location in each worker process.
-      On Celery < 5.7 (5.6.3) the same variant fails like ``async-def``
+      On Celery 5.6.3 the same variant fails like ``async-def``
       (``coroutine-result-unencodable``): the task message carries
-      ``ignore_result=False``, which overrides the task's own setting.
+      ``ignore_result=False``, and that release's worker lets the message's value
+      override the task's own setting (celery/celery#10184, "prioritize request
+      ignore_result over task definition", merged 2026-03-08). On Celery 5.3.0 and
+      5.4.0 (environments of their time, matrix runs of 2026-11-30) it is
+      ``body-never-ran`` again: their worker reads only the task's ``ignore_result``
+      (``app/trace.py``). Which release between 5.4.0 and 5.6.3 first behaves like
+      5.6.3 has not been observed; the rule below puts the boundary at 5.6.3, the
+      first release seen doing it.
     * ``sync-asyncio-run`` (the article's recommended pattern) is CLEAN, with and
       without ``ignore_result``; every call writes its row.
     * A Task base class whose ``__call__`` runs the coroutine with
@@ -107,13 +114,24 @@ def needs_celery_aio_pool(env: RunEnv) -> str | None:
 
 # Celery < 5.7 puts ignore_result=False in every task message unless the caller
 # passes it (app/base.py send_task: options.pop('ignore_result', False); app/task.py
-# apply_async likewise), and the message's value overrides the task's
-# ignore_result=True: the coroutine is stored as a result after all and fails to
-# encode. Celery 5.7 sends the task's own setting. Seen with 5.6.3 in two matrix runs.
+# apply_async likewise). From the release that carries celery/celery#10184 the
+# worker lets that value override the task's ignore_result=True: the coroutine is
+# stored as a result after all and fails to encode (seen with 5.6.3 in two matrix
+# runs). Older workers read only the task's own setting (seen with 5.3.0 and 5.4.0:
+# body-never-ran), and Celery 5.7 sends the task's own setting. The lower boundary
+# is the first release seen behaving so (5.6.3); releases between 5.4.0 and 5.6.3
+# are unobserved.
+OVERRIDE_WINDOW = ("Celery 5.6.3 up to 5.7 sends ignore_result=False in the message and lets "
+                   "it override the task's ignore_result=True, so the coroutine is stored and "
+                   "fails to encode")
 IGNORED_BEFORE_CELERY_57 = before_package(
-    "celery", "5.7", reproduces("coroutine-result-unencodable"), reproduces("body-never-ran"),
-    why="Celery < 5.7 sends ignore_result=False in the message, which overrides the "
-        "task's ignore_result=True, so the coroutine is stored and fails to encode")
+    "celery", "5.6.3",
+    reproduces("body-never-ran", why="Celery 5.3.0 and 5.4.0 read only the task's own "
+                                     "ignore_result: the body never runs"),
+    before_package("celery", "5.7", reproduces("coroutine-result-unencodable"),
+                   reproduces("body-never-ran"), why=OVERRIDE_WINDOW),
+    why="Celery 5.3.0 and 5.4.0 read only the task's own ignore_result (app/trace.py): "
+        "the body never runs, as on 5.7")
 
 SCENARIO = Scenario(
     id="async-def-task",
