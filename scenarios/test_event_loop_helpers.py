@@ -38,7 +38,8 @@ Python 3.11.7, PostgreSQL 15; every variant uses NullPool, made after the fork;
 the same outcomes on Python 3.10.13 with SQLAlchemy 2.0.58, and on 3.12.1 and
 3.13.0 with the same packages; and on Python 3.14.8, Debian forky's, in a container
 environment of ``harness matrix --python 3.14`` with the same packages and PostgreSQL
-15, where every variant met its rule below on 2026-11-30). Both drivers behave the
+15, where every variant met its rule below on 2026-11-30; Python 3.15.0 gave the same
+cells as 3.14.8). Both drivers behave the
 same: only the loop helper matters.
     * ``get-event-loop`` (the article's bad code): CLEAN on 3.10-3.13. Each process
       creates one loop implicitly (``implicit-loops`` = processes) and reuses it;
