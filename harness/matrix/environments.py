@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import _process
+from harness import _process, scratch
 from harness.errors import HarnessError
 from harness.matrix.axes import PACKAGE_AXES, Combination
 from harness.matrix.resolution import LATEST, Resolution, parse_freeze
@@ -155,11 +155,19 @@ def run_bounded(argv: Sequence[str], log_path: Path, *, timeout_s: float, what: 
     """
     with open(log_path, "ab") as log:
         log.write(f"\n$ {' '.join(argv)}\n".encode())
-    proc = _process.ManagedProcess(argv, log_path, env=env, cwd=cwd)
-    finished = _process.wait_for(lambda: not proc.alive(), timeout_s=timeout_s,
-                                 interval_s=0.2)
-    code = proc.popen.returncode if finished else None
-    proc.stop(grace_s=5)
+    # A private TMPDIR, removed afterwards: uv leaves build locks there
+    # (uv-setuptools-<hash>.lock), and nothing a run starts may outlive it.
+    tmp = scratch.mkdtemp("installer-")
+    proc = _process.ManagedProcess(argv, log_path, cwd=cwd,
+                                   env={**(env if env is not None else os.environ),
+                                        "TMPDIR": str(tmp)})
+    try:
+        finished = _process.wait_for(lambda: not proc.alive(), timeout_s=timeout_s,
+                                     interval_s=0.2)
+        code = proc.popen.returncode if finished else None
+    finally:
+        proc.stop(grace_s=5)
+        shutil.rmtree(tmp, ignore_errors=True)
     if not finished:
         raise EnvBuildError(f"Timed out after {timeout_s:.0f} s waiting for {what} "
                             f"({' '.join(argv[:4])} ...). Last lines of {log_path}:\n"
