@@ -26,8 +26,8 @@ from pathlib import Path
 from bench._common import OUT, ROOT, summary, write
 from harness.matrix import environments, resolution, smoke
 from harness.matrix.axes import Combination
+from harness.matrix.interpreters import find_python
 from harness.matrix.run import activated
-from harness.matrix.versions import find_python
 
 
 def ready(combo: Combination, mode: str, cache: Path, log_dir: Path) -> dict[str, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.matrix import versions
+from harness.matrix import pgbouncer_axis
 from tests.test_matrix_merge import results_doc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,11 +33,11 @@ def fake_index(monkeypatch: pytest.MonkeyPatch) -> None:
     and PgBouncer 1.18.0 installed with a Docker engine holding the 1.18 and 1.24 images."""
     known = {"sqlalchemy": ["2.1.9"], "celery": ["5.7.0"], "asyncpg": ["0.32.0"],
              "psycopg": ["3.3.9"], "psycopg-binary": ["3.3.9"]}
-    monkeypatch.setattr("harness.matrix.versions.index_versions", known.__getitem__)
+    monkeypatch.setattr("harness.matrix.index.index_versions", known.__getitem__)
     monkeypatch.setattr("harness.environment.pgbouncer_version", lambda: "1.18.0")
     images = {"harness-pgbouncer:1.18": "1.18.0", "harness-pgbouncer:1.24": "1.24.1"}
-    monkeypatch.setattr("harness.matrix.versions.docker_state",
-                        lambda: versions.DockerState(None, images))
+    monkeypatch.setattr("harness.matrix.pgbouncer_axis.docker_state",
+                        lambda: pgbouncer_axis.DockerState(None, images))
 
 
 def refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, *argv: str) -> str:
@@ -152,10 +152,10 @@ def test_a_shard_checks_only_its_own_pgbouncer(tmp_path: Path, fake_index: None,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """--only the 1.18 environment: the 1.24 image is not asked for (a CI shard)."""
-    def no_docker() -> versions.DockerState:
+    def no_docker() -> pgbouncer_axis.DockerState:
         raise AssertionError("Docker was asked although the shard runs on the local binary")
 
-    monkeypatch.setattr("harness.matrix.versions.docker_state", no_docker)
+    monkeypatch.setattr("harness.matrix.pgbouncer_axis.docker_state", no_docker)
     (tmp_path / "matrix.toml").write_text(GOOD_AXES)
     baseline = "py3.11-sa2.1.9-celery5.7.0-asyncpg0.32.0-psycopg3.3.9-pgb1.18"
     err = refused(capsys, tmp_path, "--matrix-file", str(tmp_path / "matrix.toml"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.matrix import axes, versions
+from harness.matrix import axes, index, interpreters, pgbouncer_axis
 
 ROOT = Path(__file__).resolve().parent.parent
 INDEX = {"sqlalchemy": ["2.1.9", "2.1.8", "2.1.0b1", "2.0.58", "2.0.57"],
@@ -88,7 +88,7 @@ def test_a_matrix_without_the_pgbouncer_axis_runs_on_the_installed_one(tmp_path:
                                          for a, v in spec().axes.items() if a != "pgbouncer"))
     merged = axes.with_options(axes.load_toml(path), {}, full=False)
     assert merged.axes["pgbouncer"] == ["local"]
-    resolved = versions.resolve_pgbouncer(merged, local=lambda: "1.18.0")
+    resolved = pgbouncer_axis.resolve_pgbouncer(merged, local=lambda: "1.18.0")
     assert resolved.axes["pgbouncer"] == ["1.18"]
     assert axes.plan(resolved)[0].id.endswith("-pgb1.18")
 
@@ -118,18 +118,18 @@ def test_missing_matrix_file_says_what_to_do(tmp_path: Path) -> None:
 
 def test_resolve_exact_line_and_latest() -> None:
     available = INDEX["sqlalchemy"]
-    assert versions.resolve("sqlalchemy", "2.0.58", available) == "2.0.58"
-    assert versions.resolve("sqlalchemy", "2.0.x", available) == "2.0.58"
-    assert versions.resolve("sqlalchemy", "2.1.*", available) == "2.1.9"
-    assert versions.resolve("sqlalchemy", "latest", available) == "2.1.9"  # not the beta
+    assert index.resolve("sqlalchemy", "2.0.58", available) == "2.0.58"
+    assert index.resolve("sqlalchemy", "2.0.x", available) == "2.0.58"
+    assert index.resolve("sqlalchemy", "2.1.*", available) == "2.1.9"
+    assert index.resolve("sqlalchemy", "latest", available) == "2.1.9"  # not the beta
 
 
 def test_unknown_version_names_package_version_and_neighbours() -> None:
     with pytest.raises(ConfigError, match=r"sqlalchemy 2\.1\.99 does not exist on the package "
                                           r"index.*2\.1\.9, 2\.1\.8"):
-        versions.resolve("sqlalchemy", "2.1.99", INDEX["sqlalchemy"])
+        index.resolve("sqlalchemy", "2.1.99", INDEX["sqlalchemy"])
     with pytest.raises(ConfigError, match="No release of celery matches '4.4.x'"):
-        versions.resolve("celery", "4.4.x", INDEX["celery"])
+        index.resolve("celery", "4.4.x", INDEX["celery"])
 
 
 def test_resolve_spec_checks_every_axis_before_anything_runs() -> None:
@@ -139,11 +139,11 @@ def test_resolve_spec_checks_every_axis_before_anything_runs() -> None:
         asked.append(package)
         return INDEX[package]
 
-    resolved = versions.resolve_spec(spec(sqlalchemy=["2.1.x", "2.1.9", "2.0.x"]), lister)
+    resolved = index.resolve_spec(spec(sqlalchemy=["2.1.x", "2.1.9", "2.0.x"]), lister)
     assert resolved.axes["sqlalchemy"] == ["2.1.9", "2.0.58"]
     assert sorted(asked) == sorted(INDEX)
     with pytest.raises(ConfigError, match=r"psycopg 3\.1\.7 exists, but psycopg-binary 3\.1\.7"):
-        versions.resolve_spec(spec(psycopg=["3.1.7"]), lister)
+        index.resolve_spec(spec(psycopg=["3.1.7"]), lister)
 
 
 def _fake_pyenv(root: Path, *names: str) -> None:
@@ -156,10 +156,10 @@ def _fake_pyenv(root: Path, *names: str) -> None:
 
 def test_find_python_takes_the_newest_patch_of_the_line(tmp_path: Path) -> None:
     _fake_pyenv(tmp_path, "3.11.2", "3.11.10", "3.11.7", "3.13.0", "3.13-dev")
-    found = versions.find_python("3.11", tmp_path)
+    found = interpreters.find_python("3.11", tmp_path)
     assert found.version == "3.11.10"
     assert found.path == tmp_path / "versions" / "3.11.10" / "bin" / "python"
-    assert versions.find_python("3.11.7", tmp_path).version == "3.11.7"
+    assert interpreters.find_python("3.11.7", tmp_path).version == "3.11.7"
 
 
 def test_missing_python_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
@@ -167,9 +167,9 @@ def test_missing_python_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
     with pytest.raises(ConfigError, match=r"No Python 3\.9 interpreter was found.*pyenv "
                                           r"install 3\.9"):
-        versions.find_python("3.9", tmp_path)
+        interpreters.find_python("3.9", tmp_path)
     with pytest.raises(ConfigError, match="not of the form"):
-        versions.find_python("three", tmp_path)
+        interpreters.find_python("three", tmp_path)
 
 
 # --- the pgbouncer axis: a service, resolved before anything is built ---------------
@@ -178,10 +178,10 @@ IMAGES = {"harness-pgbouncer:1.18": "1.18.0", "harness-pgbouncer:1.24": "1.24.1"
 
 def engine(images: dict[str, str | None] | None = None, problem: str | None = None,
            missing: tuple[str, ...] = ()):
-    """A stand-in for versions.docker_state that counts how often it was asked."""
-    def state() -> versions.DockerState:
+    """A stand-in for pgbouncer_axis.docker_state that counts how often it was asked."""
+    def state() -> pgbouncer_axis.DockerState:
         state.asked += 1  # type: ignore[attr-defined]
-        return versions.DockerState(problem, IMAGES if images is None else images, missing)
+        return pgbouncer_axis.DockerState(problem, IMAGES if images is None else images, missing)
     state.asked = 0  # type: ignore[attr-defined]
     return state
 
@@ -198,8 +198,8 @@ def test_environments_differing_only_in_pgbouncer_share_a_virtualenv() -> None:
 
 def test_pgbouncer_of_the_local_binary_runs_locally_without_asking_docker() -> None:
     docker = engine()
-    found = versions.pgbouncer_sources(["1.18"], local=lambda: "1.18.0", docker=docker)
-    assert found["1.18"] == versions.PgBouncerSource("1.18", "local", "1.18.0", None)
+    found = pgbouncer_axis.pgbouncer_sources(["1.18"], local=lambda: "1.18.0", docker=docker)
+    assert found["1.18"] == pgbouncer_axis.PgBouncerSource("1.18", "local", "1.18.0", None)
     assert found["1.18"].pytest_args() == ["--backend", "local"]
     assert found["1.18"].environ() == {}
     assert docker.asked == 0
@@ -207,15 +207,15 @@ def test_pgbouncer_of_the_local_binary_runs_locally_without_asking_docker() -> N
 
 def test_other_pgbouncer_versions_run_on_their_docker_image() -> None:
     docker = engine()
-    found = versions.pgbouncer_sources(["1.18", "1.24", "1.24"], local=lambda: "1.18.0",
+    found = pgbouncer_axis.pgbouncer_sources(["1.18", "1.24", "1.24"], local=lambda: "1.18.0",
                                        docker=docker)
-    assert found["1.24"] == versions.PgBouncerSource("1.24", "docker", "1.24.1",
+    assert found["1.24"] == pgbouncer_axis.PgBouncerSource("1.24", "docker", "1.24.1",
                                                      "harness-pgbouncer:1.24")
     assert found["1.24"].pytest_args() == ["--backend", "docker"]
     assert found["1.24"].environ() == {"HARNESS_IMAGE_PGBOUNCER": "harness-pgbouncer:1.24"}
     assert docker.asked == 1
     # No local binary at all: every version comes from its image.
-    found = versions.pgbouncer_sources(["1.18"], local=lambda: None, docker=engine())
+    found = pgbouncer_axis.pgbouncer_sources(["1.18"], local=lambda: None, docker=engine())
     assert found["1.18"].backend == "docker" and found["1.18"].found == "1.18.0"
 
 
@@ -235,13 +235,13 @@ def test_other_pgbouncer_versions_run_on_their_docker_image() -> None:
 ])
 def test_a_pgbouncer_version_that_cannot_run_is_refused_with_what_to_do(docker, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        versions.pgbouncer_sources(["1.18", "1.24"], local=lambda: "1.18.0", docker=docker)
+        pgbouncer_axis.pgbouncer_sources(["1.18", "1.24"], local=lambda: "1.18.0", docker=docker)
 
 
 def test_a_pgbouncer_version_build_sh_does_not_know_says_which_it_knows() -> None:
     with pytest.raises(ConfigError, match=r"PgBouncer 1\.21 cannot run here.*docker/build\.sh "
                                           r"knows only PgBouncer 1\.18 and 1\.24"):
-        versions.pgbouncer_sources(["1.21"], local=lambda: "1.18.0", docker=engine())
+        pgbouncer_axis.pgbouncer_sources(["1.21"], local=lambda: "1.18.0", docker=engine())
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -251,18 +251,18 @@ def test_a_pgbouncer_version_build_sh_does_not_know_says_which_it_knows() -> Non
 ])
 def test_a_bad_pgbouncer_value_is_refused(value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        versions.resolve_pgbouncer(spec(pgbouncer=[value]), local=lambda: "1.18.0")
+        pgbouncer_axis.resolve_pgbouncer(spec(pgbouncer=[value]), local=lambda: "1.18.0")
 
 
 def test_local_is_the_installed_binarys_line_and_needs_one() -> None:
-    resolved = versions.resolve_pgbouncer(spec(pgbouncer=["local", "1.18", "1.24"]),
+    resolved = pgbouncer_axis.resolve_pgbouncer(spec(pgbouncer=["local", "1.18", "1.24"]),
                                           local=lambda: "1.18.0")
     assert resolved.axes["pgbouncer"] == ["1.18", "1.24"]  # local and 1.18 are one value
     with pytest.raises(ConfigError, match=r"'local' means the installed pgbouncer binary, but "
                                           r"there is no pgbouncer on PATH"):
-        versions.resolve_pgbouncer(spec(pgbouncer=["local"]), local=lambda: None)
+        pgbouncer_axis.resolve_pgbouncer(spec(pgbouncer=["local"]), local=lambda: None)
 
 
 def test_package_resolution_keeps_the_pgbouncer_axis() -> None:
-    resolved = versions.resolve_spec(spec(), INDEX.__getitem__)
+    resolved = index.resolve_spec(spec(), INDEX.__getitem__)
     assert resolved.axes["pgbouncer"] == ["1.18", "1.24"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.matrix import axes, containers, merge, sources, table, versions
+from harness.matrix import axes, containers, interpreters, merge, pgbouncer_axis, sources, table
 
 ROOT = Path(__file__).resolve().parent.parent
 PY314 = "harness-python:3.14"
@@ -36,9 +36,9 @@ def spec(**overrides: list[str]) -> axes.MatrixSpec:
     return axes.MatrixSpec(axes={**base, **overrides})
 
 
-def no_host_python(value: str) -> versions.Interpreter:
+def no_host_python(value: str) -> interpreters.Interpreter:
     if value.startswith("3.11"):
-        return versions.Interpreter(Path("/usr/bin/python3.11"), "3.11.7")
+        return interpreters.Interpreter(Path("/usr/bin/python3.11"), "3.11.7")
     raise ConfigError(f"No Python {value} interpreter was found.")
 
 
@@ -74,7 +74,7 @@ def test_postgres_local_becomes_the_installed_major_and_other_forms_are_refused(
 def test_a_python_the_host_has_runs_on_the_host_even_when_an_image_exists() -> None:
     found = sources.python_sources(["3.11"], find=no_host_python,
                                    labels=images({"harness-python:3.11": FORKY_LABELS}))
-    assert isinstance(found["3.11"], versions.Interpreter)
+    assert isinstance(found["3.11"], interpreters.Interpreter)
 
 
 def test_a_python_the_host_lacks_comes_from_its_interpreter_image() -> None:
@@ -109,15 +109,15 @@ ALL_IMAGES = {
     "harness-pgbouncer:1.26": {"org.harness.pgbouncer.version": "1.26.1"},
     "harness-redis:7.0": {},
 }
-LOCAL_PGB = {"1.18": versions.PgBouncerSource("1.18", "local", "1.18.0"),
-             "1.26": versions.PgBouncerSource("1.26", "docker", "1.26.1",
+LOCAL_PGB = {"1.18": pgbouncer_axis.PgBouncerSource("1.18", "local", "1.18.0"),
+             "1.26": pgbouncer_axis.PgBouncerSource("1.26", "docker", "1.26.1",
                                               "harness-pgbouncer:1.26")}
 
 
 def services_for(matrix: axes.MatrixSpec, present=ALL_IMAGES,
                  pythons=None) -> dict[str, sources.EnvServices]:
     combos = axes.plan(matrix)
-    pythons = pythons or {"3.11": versions.Interpreter(Path("/usr/bin/python3.11"), "3.11.7")}
+    pythons = pythons or {"3.11": interpreters.Interpreter(Path("/usr/bin/python3.11"), "3.11.7")}
     return sources.env_services(combos, pythons, LOCAL_PGB, local_postgres=lambda: "15.18",
                                 labels=images(present))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.matrix.axes import Combination
 from harness.matrix.environments import BUILD_TIMEOUT_S, STAMP, env_key, prune_superseded
-from harness.matrix.versions import Interpreter
+from harness.matrix.interpreters import Interpreter
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from harness.errors import ConfigError
 from harness.matrix import resolution
 from harness.matrix.axes import Combination
 from harness.matrix.environments import env_key, install_settings
-from harness.matrix.versions import Interpreter
+from harness.matrix.interpreters import Interpreter
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS = {"python": "3.11", "sqlalchemy": "2.0.30", "celery": "5.4.0", "asyncpg": "0.29.0",

@@ -15,8 +15,8 @@ from pathlib import Path
 from harness.matrix import merge
 from harness.matrix.axes import Combination
 from harness.matrix.environments import BuiltEnv
+from harness.matrix.pgbouncer_axis import PgBouncerSource
 from harness.matrix.run import SIDECAR, Progress, run_env, wrong_pgbouncer
-from harness.matrix.versions import PgBouncerSource
 from tests.test_matrix_merge import results_doc
 
 VERSIONS = {"python": "3.11", "sqlalchemy": "2.1.9", "celery": "5.7.0", "asyncpg": "0.32.0",

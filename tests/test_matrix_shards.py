@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from harness.environment import pgbouncer_version
-from harness.matrix.versions import pgbouncer_line
+from harness.matrix.pgbouncer_axis import pgbouncer_line
 
 ROOT = Path(__file__).resolve().parent.parent
 AXES = ["--python", "3.11", "--sqlalchemy", "2.1.9", "2.0.58", "--celery", "5.7.0",

@@ -3,7 +3,9 @@
 Responsibility: read the axes (``matrix.toml`` or command-line options), and turn
 them into a list of :class:`Combination`, either the baseline plus one-axis-at-a-time
 variations (the default) or the full cross product. Version strings here are
-still what the user wrote; :mod:`harness.matrix.versions` resolves and checks them.
+still what the user wrote; :mod:`harness.matrix.index`,
+:mod:`harness.matrix.interpreters` and :mod:`harness.matrix.pgbouncer_axis` resolve and
+check them.
 
 Two kinds of axis: the Python line and the four packages decide what is installed
 in an environment's virtualenv; ``pgbouncer`` is a SERVICE axis: it decides which

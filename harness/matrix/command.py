@@ -26,12 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import environment
-from harness import interrupts
+from harness import environment, interrupts
 from harness import results as results_file
 from harness.errors import ConfigError
-from harness.matrix import axes, diff, environments, merge, render_html, render_md, table, versions
-from harness.matrix import containers, sources
+from harness.matrix import (
+    axes,
+    containers,
+    diff,
+    environments,
+    index,
+    merge,
+    pgbouncer_axis,
+    render_html,
+    render_md,
+    sources,
+    table,
+)
 from harness.matrix import resolution as resolutions
 from harness.matrix import smoke as smokes
 from harness.matrix.run import SIDECAR, Progress, activated, run_env
@@ -72,7 +82,7 @@ def load_spec(project_root: Path, matrix_file: Path | None,
     path = matrix_file or project_root / "matrix.toml"
     spec = axes.load_toml(path) if (matrix_file or path.exists()) else None
     return sources.resolve_postgres(
-        versions.resolve_pgbouncer(axes.with_options(spec, options, full)))
+        pgbouncer_axis.resolve_pgbouncer(axes.with_options(spec, options, full)))
 
 
 def planned(spec: axes.MatrixSpec, only: Sequence[str] = ()) -> list[axes.Combination]:
@@ -165,7 +175,7 @@ def resolutions_for(combos: Sequence[axes.Combination], mode: str, cache_dir: Pa
 
 
 def smoke_failed(combo: axes.Combination, env: environments.BuiltEnv, python: str,
-                 smoke: smokes.Smoke, pgbouncer: versions.PgBouncerSource, runs: Path
+                 smoke: smokes.Smoke, pgbouncer: pgbouncer_axis.PgBouncerSource, runs: Path
                  ) -> tuple[str, Path]:
     """Report a failed smoke check: its paragraph, and a results.json with no results
     whose sidecar says why, so the merged matrix lists the environment without cells."""
@@ -195,13 +205,13 @@ def run_matrix(opts: MatrixOptions) -> int:
     spec = load_spec(opts.project_root, opts.matrix_file, opts.axes, opts.full)
     baseline = merge.load_any(opts.baseline) if opts.baseline else None
     say(f"checking the versions of {spec.source} on the package index")
-    spec = versions.resolve_spec(spec)
+    spec = index.resolve_spec(spec)
     combos = planned(spec, opts.only)
     # Only what the planned environments use must exist here: a CI shard (--only) needs
     # neither the other Python lines nor the other PgBouncer versions.
     # A Python with no interpreter here runs in its interpreter image (a container env).
     pythons = sources.python_sources(c.versions["python"] for c in combos)
-    pgbouncers = versions.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
+    pgbouncers = pgbouncer_axis.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
     # Each environment's backend and service images (the postgres axis, containers).
     services = sources.env_services(combos, pythons, pgbouncers)
     tests = check_selection(opts.project_root, opts.pytest_args)
@@ -271,7 +281,7 @@ def plan_command(project_root: Path, matrix_file: Path | None,
     if check:  # CI's plan job checks versions once, before any runner starts
         # Package versions only: whether a PgBouncer version has a binary or an image is
         # a question for the machine that runs the environment (harness matrix --only).
-        spec = versions.resolve_spec(spec)
+        spec = index.resolve_spec(spec)
     combos = planned(spec)
     if fmt == "github":
         print(json.dumps(axes.github_include(combos), separators=(",", ":")))

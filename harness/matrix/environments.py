@@ -42,8 +42,8 @@ from typing import Any
 from harness import _process, scratch
 from harness.errors import HarnessError
 from harness.matrix.axes import PACKAGE_AXES, Combination
+from harness.matrix.interpreters import Interpreter
 from harness.matrix.resolution import LATEST, Resolution, parse_freeze
-from harness.matrix.versions import Interpreter
 
 STAMP = ".harness-env.json"
 BUILD_TIMEOUT_S = 900

@@ -37,8 +37,8 @@ from harness import results as results_file
 from harness import verdict as verdicts
 from harness.errors import ConfigError
 from harness.matrix.axes import AXES, BASELINE, PACKAGE_AXES, env_id
+from harness.matrix.pgbouncer_axis import pgbouncer_line
 from harness.matrix.run import SIDECAR
-from harness.matrix.versions import pgbouncer_line
 
 KIND = "matrix"
 DEPENDS = "depends on version"

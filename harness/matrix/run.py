@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TextIO
 
 from harness import _process
 from harness.matrix.environments import BuiltEnv
-from harness.matrix.versions import PgBouncerSource, pgbouncer_line
+from harness.matrix.pgbouncer_axis import PgBouncerSource, pgbouncer_line
 
 RUN_TIMEOUT_S = 3600
 # How long an environment's pytest may take to stop its services after SIGTERM.

@@ -30,13 +30,8 @@ from typing import Any
 
 from harness.errors import ConfigError
 from harness.matrix.axes import Combination, MatrixSpec, present
-from harness.matrix.versions import (
-    IMAGE_VARIABLE,
-    PGBOUNCER_IMAGE,
-    Interpreter,
-    PgBouncerSource,
-    find_python,
-)
+from harness.matrix.interpreters import Interpreter, find_python
+from harness.matrix.pgbouncer_axis import IMAGE_VARIABLE, PGBOUNCER_IMAGE, PgBouncerSource
 
 LOCAL = "local"
 POSTGRES_IMAGE = "harness-postgres:{}"

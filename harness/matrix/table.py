@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.matrix.merge import axis_values
-from harness.matrix.versions import pgbouncer_line
+from harness.matrix.pgbouncer_axis import pgbouncer_line
 
 # Column headings for the environment legend (axis -> label); the services that are
 # not axes follow, and the backend they ran on (local binaries or docker images).
