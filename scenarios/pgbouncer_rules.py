@@ -1,6 +1,12 @@
-"""What the two PgBouncer scenarios share: their stacks and their expectation rules."""
+"""What the two PgBouncer scenarios share: their workload, stacks and expectation rules."""
 
-from harness.scenario import Expected, Rule, StackSpec, needs_pgbouncer, until_pgbouncer
+from harness.scenario import Expected, Rule, StackSpec, Workload, needs_pgbouncer, until_pgbouncer
+
+# 24 calls over 4 processes: every process, even one that starts late, gets calls,
+# so more processes connect than PgBouncer has server connections, and processes run
+# several calls each, so pooled connections carry their execution counts from call to
+# call (Celery does not spread calls evenly: a late process may run one or none).
+ECHO_CALLS = Workload(task="query_token", calls=24, concurrency=4, timeout_s=60)
 
 DIRECT = StackSpec(pgbouncer=False)
 # 2 server connections for 4 worker processes: a server connection always serves

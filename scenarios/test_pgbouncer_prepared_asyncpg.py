@@ -133,13 +133,13 @@ from harness.scenario import (
     Role,
     Scenario,
     Variant,
-    Workload,
     before_package,
     clean,
     reproduces,
 )
 from scenarios.pgbouncer_rules import (
     DIRECT,
+    ECHO_CALLS,
     NEEDS_TRACKING,
     PGBOUNCER_TRACKING,
     THROUGH_PGBOUNCER,
@@ -178,9 +178,7 @@ TRACKED = clean(why="PgBouncer >= 1.21 tracks named statements (its documentatio
 SCENARIO = Scenario(
     id="pgbouncer-prepared-asyncpg",
     app="scenarios.apps.pgbouncer_prepared_asyncpg",
-    # 24 calls over 4 processes: every process, even one that starts late, gets
-    # calls, so more processes connect than PgBouncer has server connections.
-    workload=Workload(task="query_token", calls=24, concurrency=4, timeout_s=60),
+    workload=ECHO_CALLS,
     stack=THROUGH_PGBOUNCER,
     drivers=("asyncpg",),
     signatures=(sig.PREPARED_STATEMENT_MISSING, sig.PREPARED_STATEMENT_EXISTS),

@@ -122,12 +122,12 @@ from harness.scenario import (
     Scenario,
     StackSpec,
     Variant,
-    Workload,
     clean,
     reproduces,
 )
 from scenarios.pgbouncer_rules import (
     DIRECT,
+    ECHO_CALLS,
     NEEDS_TRACKING,
     PGBOUNCER_TRACKING,
     THROUGH_PGBOUNCER,
@@ -154,10 +154,7 @@ COLLISIONS_ONLY = before_tracking_default(reproduces(
 SCENARIO = Scenario(
     id="pgbouncer-prepared-psycopg",
     app="scenarios.apps.pgbouncer_prepared_psycopg",
-    # 24 calls over 4 processes: processes run several calls each, so pooled
-    # connections carry their execution counts from call to call (Celery does
-    # not spread calls evenly: a process that starts late may run one or none).
-    workload=Workload(task="query_token", calls=24, concurrency=4, timeout_s=60),
+    workload=ECHO_CALLS,
     stack=THROUGH_PGBOUNCER,
     drivers=("psycopg",),
     signatures=(sig.PREPARED_STATEMENT_MISSING, sig.PREPARED_STATEMENT_EXISTS),

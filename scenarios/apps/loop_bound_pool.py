@@ -11,7 +11,6 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
 
 from __future__ import annotations
 
-
 from celery.signals import worker_process_init
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine

@@ -23,15 +23,13 @@ Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, url_query), pl
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 from celery.signals import worker_process_init
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
-from harness.task_support import count, make_app, settings
+from harness.task_support import make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LoopRunner, make_engine
+from scenarios.apps.echo_through_pgbouncer import ECHO, EchoLog
 
 SETTINGS = settings(
     ENGINE_KNOBS,
@@ -43,10 +41,6 @@ engine: AsyncEngine | None = None
 # call on the loop they belong to (loop-bound-pool is where the loop is under test).
 RUNNER = LoopRunner("per-process")
 
-# Besides the token: which server connection ran it, and how many named prepared
-# statements that server connection holds (whichever client made them).
-ECHO = text("select cast(:token as text), pg_backend_pid(), "
-            "(select count(*) from pg_prepared_statements)")
 
 
 @worker_process_init.connect
@@ -60,25 +54,14 @@ def create_engine_after_fork(**_: object) -> None:
 async def echo_repeatedly(token: str) -> str:
     """Run the query ``executions`` times on one connection; return a wrong answer if any."""
     assert engine is not None
-    answers: list[str] = []
-    backend_pids: list[int] = []
-    executions_seeing_prepared = 0
+    log = EchoLog(token)
     async with engine.connect() as conn:
         for _ in range(SETTINGS.get("executions")):
             async with conn.begin():
                 result = await conn.execute(ECHO, {"token": token})
                 value, backend_pid, prepared_on_server = result.one()
-            answers.append(value)
-            backend_pids.append(backend_pid)
-            executions_seeing_prepared += prepared_on_server > 0
-    switches = sum(1 for a, b in pairwise(backend_pids) if a != b)
-    if switches:
-        count(app, "server-switches", switches)
-    if executions_seeing_prepared:
-        count(app, "prepared-on-server", executions_seeing_prepared)
-    # An execution answered by another client's statement of the same name makes
-    # the whole call WRONG (the harness compares the returned value with the token).
-    return next((a for a in answers if a != token), token)
+            log.record(value, backend_pid, prepared_on_server)
+    return log.report(app)
 
 
 @app.task

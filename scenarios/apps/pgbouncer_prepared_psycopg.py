@@ -31,16 +31,16 @@ Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, e.g.
 from __future__ import annotations
 
 import os
-from itertools import pairwise
 from typing import Any
 
 from celery.signals import worker_process_init
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
-from harness.task_support import count, make_app, settings
+from harness.task_support import make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LoopRunner, make_engine
+from scenarios.apps.echo_through_pgbouncer import ECHO, ECHO_REVERSED, EchoLog
 
 SETTINGS = settings(
     ENGINE_KNOBS,
@@ -55,12 +55,6 @@ engine: AsyncEngine | None = None
 # call on the loop they belong to (loop-bound-pool is where the loop is under test).
 RUNNER = LoopRunner("per-process")
 
-# Besides the token: which server connection ran it, and how many named prepared
-# statements that server connection holds (whichever client made them).
-ECHO = text("select cast(:token as text), pg_backend_pid(), "
-            "(select count(*) from pg_prepared_statements)")
-ECHO_REVERSED = text("select reverse(cast(:token as text)), pg_backend_pid(), "
-                     "(select count(*) from pg_prepared_statements)")
 
 
 def set_prepared_max(_dbapi_connection: Any, connection_record: Any) -> None:
@@ -89,9 +83,7 @@ def reversed_shape(execution: int) -> bool:
 async def echo_repeatedly(token: str) -> str:
     """Run the query ``executions`` times on one connection; return a wrong answer if any."""
     assert engine is not None
-    answers: list[str] = []
-    backend_pids: list[int] = []
-    executions_seeing_prepared = 0
+    log = EchoLog(token)
     async with engine.connect() as conn:
         for execution in range(SETTINGS.get("executions")):
             reverse = reversed_shape(execution)
@@ -99,17 +91,8 @@ async def echo_repeatedly(token: str) -> str:
                 result = await conn.execute(ECHO_REVERSED if reverse else ECHO,
                                             {"token": token})
                 value, backend_pid, prepared_on_server = result.one()
-            answers.append(value[::-1] if reverse else value)
-            backend_pids.append(backend_pid)
-            executions_seeing_prepared += prepared_on_server > 0
-    switches = sum(1 for a, b in pairwise(backend_pids) if a != b)
-    if switches:
-        count(app, "server-switches", switches)
-    if executions_seeing_prepared:
-        count(app, "prepared-on-server", executions_seeing_prepared)
-    # An execution answered by another client's statement of the same name makes
-    # the whole call WRONG (the harness compares the returned value with the token).
-    return next((a for a in answers if a != token), token)
+            log.record(value[::-1] if reverse else value, backend_pid, prepared_on_server)
+    return log.report(app)
 
 
 @app.task
