@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import environment, logscan
 from harness.errors import HarnessError
+from harness.faults.actions import Target
+from harness.faults.injector import FaultInjector
 from harness.outcome import Outcome, TaskCounts, classify
 from harness.scenario import Expected, RunEnv, Scenario, Variant, resolve
 from harness.stack import StackPool
@@ -41,6 +44,7 @@ class VariantRun:
     db: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)  # in force, as the app declared them
+    faults: list[dict[str, Any]] = field(default_factory=list)  # what fired, when, what it saw
     log_path: str = ""
     reason: str = ""  # why HARNESS_ERROR or N/A
     services: dict[str, str] = field(default_factory=dict)
@@ -66,6 +70,7 @@ class VariantRun:
             "worker_start_s": round(self.worker_start_s, 3), "run_s": round(self.run_s, 3),
             "log_findings": self.log_findings, "counters": self.counters, "db": self.db, "log": self.log_path,
             "reason": self.reason, "config": dict(self.variant.config), "knobs": self.knobs,
+            "faults": self.faults,
             "description": self.variant.description,
             # What each signature this run met means, for the reader of the report.
             "signature_help": {s.name: s.description for s in self.scenario.signatures
@@ -123,25 +128,43 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
     run = VariantRun(scenario, variant, driver, expected, Outcome.HARNESS_ERROR,
                      log_path=str(log_path), services=stack.versions())
     try:
-        with stack.fresh_database(f"{scenario.id}-{variant.name}") as dbname:
+        with stack.fresh_database(f"{scenario.id}-{variant.name}") as dbname, \
+                ExitStack() as fault_layer:
             for statement in scenario.setup_sql:
                 stack.postgres.execute(statement, dbname)
+            proxy = fault_layer.enter_context(stack.fault_proxy()) if spec.proxy else None
             settings = WorkerSettings.for_variant(
                 scenario=scenario.id, variant=variant.name, driver=driver,
-                database_url=stack.database_url(driver, dbname), broker_url=stack.redis.url(),
-                queue=f"harness.{uuid.uuid4().hex}", config=variant.config,
-                start_together=workload.concurrency if workload.start_together else 0)
+                database_url=stack.database_url(driver, dbname, via=proxy),
+                broker_url=stack.redis.url(), queue=f"harness.{uuid.uuid4().hex}",
+                config=variant.config,
+                start_together=workload.concurrency if workload.start_together else 0,
+                cue_points=FaultInjector.points(workload.faults))
             worker = CeleryWorker(app_module=scenario.app, settings=settings, log_path=log_path,
                                   concurrency=workload.concurrency, project_root=project_root,
                                   extra_args=workload.worker_args)
             with worker:
                 run.worker_start_s = worker.start_s
+                injector = fault_layer.enter_context(FaultInjector(
+                    workload.faults, Target(stack, dbname, worker.pid, proxy),
+                    redis_client=worker.client.backend.client, queue=settings.queue))
                 began = time.monotonic()
                 calls = worker.run(f"{scenario.app}.{workload.task}",
                                    calls=workload.calls, timeout_s=workload.timeout_s,
                                    kwargs=workload.kwargs, check_ran=workload.check_ran,
-                                   ignore_result=workload.ignore_result)
+                                   ignore_result=workload.ignore_result,
+                                   after_calls=injector.after_calls())
                 run.run_s = time.monotonic() - began
+                # Heal before the database is read: a stopped process or a paused
+                # PgBouncer must not hide rows or sessions from the inspection.
+                injector.heal_all()
+                run.faults = injector.to_result()
+                problems = injector.problems()
+                if problems:
+                    run.reason = "the fault layer could not do what the variant declares: " \
+                        + "; ".join(problems)
+                    worker.stop(grace_s=0)
+                    return run
                 run.db = _inspect(stack, dbname, scenario)
                 run.counters = worker.counters()
                 run.knobs = worker.knobs()

@@ -29,6 +29,7 @@ from typing import Any, Union
 
 from packaging.version import InvalidVersion, Version
 
+from harness.faults.plan import Fault
 from harness.outcome import Outcome
 from harness.signatures import Signature
 
@@ -183,6 +184,9 @@ class StackSpec:
     max_connections: int = 100
     pgbouncer_pool_size: int = 20
     max_prepared_statements: int | None = None  # needs PgBouncer >= 1.21
+    # A fault proxy (harness/faults/proxy.py) between the worker and the database (or
+    # PgBouncer), started for each variant run: the proxy-* faults act on it.
+    proxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ class Workload:
             process has one, then all go at once (``task_support.start_together``,
             joined by the app's task class): for hazards that need every process
             at work from the start, not one process taking every call.
+        faults: faults fired on cue while the calls run, each healed by the end
+            of the variant (:mod:`harness.faults`).
     """
 
     task: str
@@ -220,6 +226,7 @@ class Workload:
     check_ran: bool = False
     ignore_result: bool = False
     start_together: bool = False
+    faults: tuple[Fault, ...] = ()
 
 
 @dataclass(frozen=True)

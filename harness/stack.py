@@ -35,11 +35,23 @@ class Stack:
     redis: RedisService
     backend: str = "local"
 
-    def database_url(self, driver: str, dbname: str) -> str:
-        """The SQLAlchemy URL a scenario's app uses: through PgBouncer if the spec says so."""
-        port = self.pgbouncer.port if self.pgbouncer else self.postgres.port
+    def database_url(self, driver: str, dbname: str, via: Any | None = None) -> str:
+        """The SQLAlchemy URL a scenario's app uses: through PgBouncer if the spec says so,
+        and through the fault proxy ``via`` when there is one."""
+        front = via or self.pgbouncer or self.postgres
         pg = self.postgres
-        return f"{DRIVER_SCHEMES[driver]}://{pg.user}:{pg.password}@{pg.host}:{port}/{dbname}"
+        return (f"{DRIVER_SCHEMES[driver]}://{pg.user}:{pg.password}@{front.host}:{front.port}"
+                f"/{dbname}")
+
+    @contextmanager
+    def fault_proxy(self) -> Iterator[Any]:
+        """A fault proxy in front of PgBouncer (if the spec has it) or PostgreSQL, for one
+        variant run; stopped with it."""
+        from harness.faults.proxy import FaultProxy
+
+        upstream = self.pgbouncer or self.postgres
+        with FaultProxy(upstream.host, upstream.port, name=f"proxy-{upstream.name}") as proxy:
+            yield proxy
 
     @contextmanager
     def fresh_database(self, label: str) -> Iterator[str]:

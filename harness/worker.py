@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,13 @@ class CeleryWorker(StartStop):
         self.client.close()
         return code
 
+    @property
+    def pid(self) -> int:
+        """The worker's main process; its children are the prefork pool."""
+        if self._proc is None:
+            raise WorkerStartError("the worker is not running")
+        return self._proc.pid
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.alive()
 
@@ -172,33 +179,39 @@ class CeleryWorker(StartStop):
     # --- workload ------------------------------------------------------------------------
     def run(self, task: str, *, calls: int, timeout_s: float,
             kwargs: Mapping[str, Any] | None = None, check_ran: bool = False,
-            ignore_result: bool = False) -> list[CallResult]:
+            ignore_result: bool = False,
+            after_calls: Mapping[int, Callable[[], None]] | None = None) -> list[CallResult]:
         """Send ``calls`` calls of ``task`` and wait for all of them, at most ``timeout_s``.
 
         Each call gets a unique token as its first argument and must return it
         (unless ``ignore_result``). Calls not finished by the deadline are HUNG; the
         caller then stops the worker. With ``check_ran``, a call reported done whose
-        body left no ``mark_ran`` side effect is NOT_RUN.
+        body left no ``mark_ran`` side effect is NOT_RUN. ``after_calls`` maps ``k``
+        to a hook run once the first ``k`` calls have finished and before the next
+        is sent (a fault's cue): the calls then go in batches, all within one deadline.
         """
         prefix = uuid.uuid4().hex[:8]
+        deadline = time.monotonic() + timeout_s
         sent: list[tuple[str, AsyncResult]] = []
-        for i in range(calls):
+        finished: dict[str, str] = {}  # task id -> "succeeded" / "raised" / "ready"
+        hooks = dict(after_calls or {})
+        for i in range(calls + 1):
+            if i in hooks:
+                # The cue is "k calls finished": wait for them (within the batch's
+                # deadline; calls still running then are left to the final wait).
+                wait_for(lambda: self._all_finished(sent, finished, ignore_result),
+                         timeout_s=max(0.0, deadline - time.monotonic()), interval_s=POLL_S)
+                hooks.pop(i)()
+            if i == calls:
+                break
             token = call_token(prefix, i)
             result = self.client.send_task(task, args=[token], kwargs=dict(kwargs or {}),
                                            queue=self.settings.queue)
             sent.append((token, result))
-        finished: dict[str, str] = {}  # task id -> "succeeded" / "raised" / "ready"
-
-        def all_finished() -> bool:
-            if ignore_result:
-                finished.update(self._finished_in_log())
-            else:
-                finished.update({r.id: "ready" for _, r in sent
-                                 if r.id not in finished and r.ready()})
-            return len(finished) >= len(sent)
 
         # Not bounded by the worker's life: a call a dead pool process held is HUNG.
-        wait_for(all_finished, timeout_s=timeout_s, interval_s=POLL_S)
+        wait_for(lambda: self._all_finished(sent, finished, ignore_result),
+                 timeout_s=max(0.0, deadline - time.monotonic()), interval_s=POLL_S)
         collected = []
         for token, result in sent:
             call = self._collect(token, result, finished.get(result.id))
@@ -207,6 +220,15 @@ class CeleryWorker(StartStop):
                 call = never_ran(token, call.expected, result.id)
             collected.append(call)
         return collected
+
+    def _all_finished(self, sent: list[tuple[str, AsyncResult]], finished: dict[str, str],
+                      ignore_result: bool) -> bool:
+        if ignore_result:
+            finished.update(self._finished_in_log())
+        else:
+            finished.update({r.id: "ready" for _, r in sent
+                             if r.id not in finished and r.ready()})
+        return len(finished) >= len(sent)
 
     def _finished_in_log(self) -> dict[str, str]:
         """Task ids the worker logged as done: the only signal when no result is stored."""

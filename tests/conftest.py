@@ -27,11 +27,12 @@ def make_worker(redis_service: LocalRedis, tmp_path: Path):
     """Build (not start) a worker for the lifecycle test app; always stopped afterwards."""
     made: list[CeleryWorker] = []
 
-    def build(config: dict | None = None, **kwargs) -> CeleryWorker:
+    def build(config: dict | None = None, cue_points: tuple[str, ...] = (),
+              **kwargs) -> CeleryWorker:
         settings = WorkerSettings.for_variant(
             scenario="lifecycle", variant="test", driver="asyncpg",
             database_url="postgresql+asyncpg://unused", broker_url=redis_service.url(),
-            queue=f"t.{uuid.uuid4().hex}", config=config or {})
+            queue=f"t.{uuid.uuid4().hex}", config=config or {}, cue_points=cue_points)
         kwargs.setdefault("concurrency", 2)
         worker = CeleryWorker(app_module="tests.apps.lifecycle", settings=settings,
                               log_path=tmp_path / f"worker-{len(made)}.log",

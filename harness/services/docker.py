@@ -21,7 +21,7 @@ from harness.errors import ConfigError
 from harness.services import docker_engine as engine
 from harness.services.base import generate_password
 from harness.services.docker_container import ContainerService
-from harness.services.pgbouncer import PgBouncerSettings, pgbouncer_ini, userlist
+from harness.services.pgbouncer import PgBouncerSettings, admin_command, pgbouncer_ini, userlist
 from harness.services.postgres import SUPERUSER, LocalPostgres, PostgresSettings
 from harness.services.redis import LocalRedis
 
@@ -151,7 +151,11 @@ class DockerPgBouncer(ContainerService):
         return pgbouncer_ini(self.settings,
                              server=(self.postgres.alias, DockerPostgres.container_port),
                              listen=("0.0.0.0", self.container_port),
-                             auth_file="/tmp/userlist.txt")
+                             auth_file="/tmp/userlist.txt", admin_user=SUPERUSER)
+
+    def admin(self, command: str) -> None:
+        """A command on the admin console (``RECONNECT db``, ``KILL db``, ``PAUSE db``)."""
+        admin_command(self.host, self.port, self.postgres, command)
 
     def _answers(self) -> bool:
         with self.postgres.connect(port=self.port) as conn:

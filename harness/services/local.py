@@ -42,6 +42,7 @@ class LocalService(StartStop):
         self._timeout_s = start_timeout_s
         self._dir: Path | None = None
         self._proc: ManagedProcess | None = None
+        self._restarts = 0
 
     # --- what a service says about itself ---------------------------------------------
 
@@ -89,6 +90,25 @@ class LocalService(StartStop):
                 f"Its log tail:\n{log_tail}")
         raise PortInUseError(f"{self.label} found no free port on {LOOPBACK} after {attempts} "
                              f"tries; something keeps taking ports there.")
+
+    def _restart(self, stop_signal: int) -> None:
+        """End the process with ``stop_signal`` and start it again on the same port and
+        folder (a fault: the data and the address survive, every connection does not).
+
+        Raises:
+            ServiceStartError: it did not answer again within the start timeout.
+        """
+        if self._proc is None or self._dir is None:
+            raise ServiceStartError(f"{self.label} is not running; there is nothing to restart")
+        self._proc.stop_signal = stop_signal
+        self._proc.stop(grace_s=self.stop_grace_s)
+        self._restarts += 1
+        self._proc = self._launch(self._dir, START_ATTEMPTS + self._restarts)
+        waited = wait_for(self._answers, timeout_s=self._timeout_s, while_alive=self._proc)
+        if not waited:
+            raise ServiceStartError(
+                f"{self.label} {waited.explain(f'{self.ready_what} on {LOOPBACK}:{self.port}')} "
+                f"after a restart. Its log tail:\n{self._proc.tail()}")
 
     def stop(self) -> None:
         if self._proc is not None:

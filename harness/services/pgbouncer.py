@@ -30,11 +30,13 @@ class PgBouncerSettings:
 
 
 def pgbouncer_ini(settings: PgBouncerSettings, *, server: tuple[str, int],
-                  listen: tuple[str, int], auth_file: str) -> str:
+                  listen: tuple[str, int], auth_file: str, admin_user: str) -> str:
     """The pgbouncer.ini of every PgBouncer the harness starts (local or in a container).
 
     Every database name is routed to one PostgreSQL (a ``*`` entry), in
     ``pool_mode`` (transaction by default), with SCRAM auth against ``auth_file``.
+    ``admin_user`` may use the admin console (``pgbouncer`` database), where the
+    fault layer sends RECONNECT, KILL, PAUSE and RESUME.
     """
     lines = [
         "[databases]",
@@ -45,6 +47,7 @@ def pgbouncer_ini(settings: PgBouncerSettings, *, server: tuple[str, int],
         "unix_socket_dir =",
         "auth_type = scram-sha-256",
         f"auth_file = {auth_file}",
+        f"admin_users = {admin_user}",
         f"pool_mode = {settings.pool_mode}",
         f"default_pool_size = {settings.default_pool_size}",
         f"max_client_conn = {settings.max_client_conn}",
@@ -55,6 +58,12 @@ def pgbouncer_ini(settings: PgBouncerSettings, *, server: tuple[str, int],
     if settings.max_prepared_statements is not None:  # 1.18 refuses to start with this key
         lines.append(f"max_prepared_statements = {settings.max_prepared_statements}")
     return "\n".join(lines) + "\n"
+
+
+def admin_command(host: str, port: int, postgres: LocalPostgres, command: str) -> None:
+    """Run one command on PgBouncer's admin console (simple query protocol only)."""
+    with psycopg.connect(postgres.conninfo("pgbouncer", port=port), autocommit=True) as conn:
+        conn.cursor().execute(command, prepare=False)
 
 
 def userlist(user: str, password: str) -> str:
@@ -84,9 +93,14 @@ class LocalPgBouncer(LocalService):
         ini = folder / "pgbouncer.ini"
         write_private(ini, pgbouncer_ini(self.settings, server=(LOOPBACK, self.postgres.port),
                                          listen=(LOOPBACK, self.port),
-                                         auth_file=str(folder / "userlist.txt")))
+                                         auth_file=str(folder / "userlist.txt"),
+                                         admin_user=self.postgres.user))
         return ManagedProcess([find_binary("pgbouncer", "pgbouncer"), str(ini)],
                               folder / f"pgbouncer-{attempt}.log", user=service_user())
+
+    def admin(self, command: str) -> None:
+        """A command on the admin console (``RECONNECT db``, ``KILL db``, ``PAUSE db``)."""
+        admin_command(self.host, self.port, self.postgres, command)
 
     def _answers(self) -> bool:
         with psycopg.connect(self.postgres.conninfo(port=self.port), autocommit=True) as conn:

@@ -92,6 +92,12 @@ class LocalPostgres(LocalService):
             stop_signal=signal.SIGINT,  # SIGINT: PostgreSQL's fast shutdown
         )
 
+    def restart(self, *, immediate: bool = False) -> None:
+        """Restart on the same port and data: a fast shutdown (SIGINT: sessions end, a
+        checkpoint is written) or an immediate one (SIGQUIT: no checkpoint, crash
+        recovery at the next start), as an operator's restart or a crash would."""
+        self._restart(signal.SIGQUIT if immediate else signal.SIGINT)
+
     def _on_ready(self) -> None:
         self.version = self._query_one("show server_version").split()[0]
 

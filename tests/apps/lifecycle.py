@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from harness.faults.cues import reach
 from harness.knobs import Knob
 from harness.task_support import call_index, make_app, mark_ran, settings
 
@@ -55,4 +56,11 @@ def raise_wrapped(token: str) -> str:
 @app.task
 def skip_body(token: str) -> str:
     """Returns without leaving the mark: to the harness, a body that never ran."""
+    return token
+
+
+@app.task
+def reach_then_echo(token: str) -> str:
+    """Announce the point ``midway`` (a fault may wait there), then answer."""
+    reach(app, "midway")
     return token

@@ -1,0 +1,105 @@
+"""How a scenario declares a fault: what happens, when, and when it heals.
+
+Responsibility: pure data, read by the runner (which fires and heals) and by the
+report (which says what fired). A fault is paired with its heal, as Jepsen's
+nemeses are: every fault the layer can fire, it can undo, and the runner undoes it
+at the end of the variant whatever happened.
+
+When a fault fires is a *cue*, never a sleep, so the same cell gives the same
+outcome word on every run:
+
+- ``after_calls(k)``: the first ``k`` calls have finished (the harness sends them,
+  waits for all of them, fires, then sends the rest);
+- ``at_point(name)``: a task announced that it reached ``name`` (for example
+  "inserted, not committed") with :func:`harness.faults.cues.reach`; the task waits
+  there until the fault has fired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# What the layer can do, and what undoes it (see harness/faults/actions.py).
+ACTIONS = {
+    "terminate-backends": "pg_terminate_backend() on every session of the run's database; "
+                          "heal: nothing to undo (new sessions are accepted)",
+    "restart-postgres": "stop PostgreSQL (fast shutdown) and start it on the same port and "
+                        "data; heal: wait until it answers",
+    "restart-postgres-immediate": "the same with an immediate shutdown (no checkpoint, "
+                                  "crash recovery at start); heal: wait until it answers",
+    "pgbouncer-reconnect": "PgBouncer admin RECONNECT: server connections are closed once "
+                           "released; heal: nothing to undo",
+    "pgbouncer-kill": "PgBouncer admin KILL of the run's database: every client and server "
+                      "connection is dropped at once; heal: RESUME",
+    "pgbouncer-pause": "PgBouncer admin PAUSE of the run's database; heal: RESUME",
+    "kill-child": "SIGKILL the pool process that announced the cue (or the first one); "
+                  "heal: nothing (Celery starts a replacement)",
+    "stop-child": "SIGSTOP the pool process that announced the cue; heal: SIGCONT",
+    "proxy-blackhole": "the fault proxy forwards nothing and keeps both sockets open; "
+                       "heal: pass through again",
+    "proxy-reset": "the fault proxy resets every connection (RST both sides); heal: pass "
+                   "through again",
+    "proxy-latency": "the fault proxy delays every chunk by latency_ms; heal: no delay",
+}
+
+
+@dataclass(frozen=True)
+class Cue:
+    """When a fault fires: after ``calls`` finished calls, or at a named point."""
+
+    after_calls: int | None = None
+    point: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.after_calls is None) == (self.point is None):
+            raise ValueError("a cue is either after_calls(k) or at_point(name), not both "
+                             "or neither")
+        if self.after_calls is not None and self.after_calls < 0:
+            raise ValueError(f"after_calls({self.after_calls}): k must be >= 0")
+
+    def describe(self) -> str:
+        if self.point is not None:
+            return f"when a task reaches {self.point!r}"
+        return f"after {self.after_calls} finished call(s)"
+
+
+def after_calls(k: int) -> Cue:
+    """Fire once the first ``k`` calls of the workload have finished."""
+    return Cue(after_calls=k)
+
+
+def at_point(name: str) -> Cue:
+    """Fire when a task first announces ``name`` with :func:`harness.faults.cues.reach`."""
+    return Cue(point=name)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of a workload.
+
+    Args:
+        action: one of :data:`ACTIONS`.
+        cue: when it fires.
+        heal_after_s: heal this long after firing; None heals at the end of the
+            variant (after every call finished or hung, before the database is read).
+        latency_ms: for ``proxy-latency``.
+    """
+
+    action: str
+    cue: Cue
+    heal_after_s: float | None = None
+    latency_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"fault action {self.action!r} is not known; the fault layer "
+                             f"knows: {', '.join(ACTIONS)}")
+
+    @property
+    def needs_proxy(self) -> bool:
+        return self.action.startswith("proxy-")
+
+    def describe(self) -> str:
+        heal = ("healed at the end of the variant" if self.heal_after_s is None
+                else f"healed {self.heal_after_s:g} s later")
+        return f"{self.action} {self.cue.describe()}, {heal}"

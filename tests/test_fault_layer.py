@@ -1,0 +1,241 @@
+"""The fault layer: each fault really happens, seen from outside, and is healed.
+
+Real services and processes only: a PostgreSQL whose sessions really end and
+which really restarts, a PgBouncer whose admin console really pauses a database,
+pool processes that really stop (state ``T``) and die, and a Celery worker whose
+task really waits at a cue until its fault fired.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import psycopg
+import pytest
+
+from harness import procinfo
+from harness._process import wait_for
+from harness.faults import actions
+from harness.faults.actions import Target
+from harness.faults.injector import FaultInjector
+from harness.faults.plan import Fault, after_calls, at_point
+from harness.outcome import CallStatus
+from harness.services import LocalPgBouncer, LocalPostgres, PgBouncerSettings
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[LocalPostgres]:
+    with LocalPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def pgbouncer(postgres: LocalPostgres) -> Iterator[LocalPgBouncer]:
+    with LocalPgBouncer(postgres, PgBouncerSettings(default_pool_size=2)) as pgb:
+        yield pgb
+
+
+@pytest.fixture
+def database(postgres: LocalPostgres) -> Iterator[str]:
+    name = f"faults_{os.urandom(4).hex()}"
+    postgres.create_database(name)
+    yield name
+    postgres.drop_database(name)
+
+
+def target(postgres: LocalPostgres, dbname: str, pgbouncer: LocalPgBouncer | None = None,
+           worker_pid: int = 0) -> Target:
+    stack = SimpleNamespace(postgres=postgres, pgbouncer=pgbouncer, backend="local")
+    return Target(stack, dbname, worker_pid)
+
+
+def session_pids(postgres: LocalPostgres, dbname: str) -> set[int]:
+    return {pid for (pid,) in postgres.execute(
+        f"select pid from pg_stat_activity where datname = '{dbname}'")}
+
+
+def test_terminate_backends_ends_every_session_of_the_run_database(postgres, database):
+    with postgres.connect(database) as conn:
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        said = actions.terminate_backends(target(postgres, database))
+        assert str(pid) in said and pid not in session_pids(postgres, database)
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+    # Healed by itself: new sessions are accepted.
+    assert postgres.execute("select 1", database) == [(1,)]
+
+
+@pytest.mark.parametrize("action", ["restart-postgres", "restart-postgres-immediate"])
+def test_a_restart_keeps_port_and_data_and_ends_every_connection(postgres, database, action):
+    # The harness's servers run with synchronous_commit=off: an immediate shutdown may
+    # lose the last commits (as a crash would), so this one waits for its WAL flush.
+    postgres.execute("set synchronous_commit = on; create table kept (id int)", database)
+    port = postgres.port
+    fire, heal = actions.FIRE_AND_HEAL[action]
+    with postgres.connect(database) as conn:
+        before = conn.execute("select pg_postmaster_start_time()").fetchone()[0]
+        said = fire(target(postgres, database))
+        assert "restarted" in said
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("select 1")
+    heal(target(postgres, database))
+    assert postgres.port == port and postgres.alive()
+    after = postgres.execute("select pg_postmaster_start_time()")[0][0]
+    assert after > before
+    assert postgres.execute("select count(*) from kept", database) == [(0,)]
+
+
+def test_pgbouncer_pause_holds_queries_until_resume(postgres, pgbouncer, database):
+    """A client connected before PAUSE waits in its next query until RESUME. (A client
+    that logs in during the pause did not get in even after RESUME on PgBouncer 1.18
+    within its 5 s connect timeout, so the test connects first.)"""
+    t = target(postgres, database, pgbouncer)
+    fire, heal = actions.FIRE_AND_HEAL["pgbouncer-pause"]
+    answered = threading.Event()
+    with psycopg.connect(postgres.conninfo(database, port=pgbouncer.port),
+                         autocommit=True) as conn:
+        conn.execute("select 1")
+        fire(t)
+
+        def query() -> None:
+            conn.execute("select 1")
+            answered.set()
+
+        thread = threading.Thread(target=query, daemon=True)
+        try:
+            thread.start()
+            assert not answered.wait(1.0), "a query went through a paused database"
+        finally:
+            heal(t)
+        assert answered.wait(10.0), "the query did not go through after RESUME"
+        thread.join(5)
+
+
+def test_pgbouncer_kill_drops_the_client_connections(postgres, pgbouncer, database):
+    t = target(postgres, database, pgbouncer)
+    fire, heal = actions.FIRE_AND_HEAL["pgbouncer-kill"]
+    with psycopg.connect(postgres.conninfo(database, port=pgbouncer.port),
+                         autocommit=True) as conn:
+        conn.execute("select 1")
+        fire(t)
+        try:
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("select 1")
+        finally:
+            heal(t)
+    with psycopg.connect(postgres.conninfo(database, port=pgbouncer.port),
+                         autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+@pytest.fixture
+def parent_with_children() -> Iterator[int]:
+    """A real process with two children, as a prefork worker has its pool."""
+    code = ("import os, time\n"
+            "for _ in range(2):\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(60); os._exit(0)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    assert wait_for(lambda: len(actions.pool_processes(proc.pid)) == 2, timeout_s=10)
+    yield proc.pid
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
+
+
+def test_stop_child_puts_one_pool_process_in_state_t_and_the_heal_continues_it(
+        parent_with_children):
+    t = Target(None, "", parent_with_children)
+    first = actions.pool_processes(parent_with_children)[0]
+    injector = FaultInjector([Fault("stop-child", after_calls(0))], t, redis_client=None,
+                             queue="unused")
+    with injector:
+        injector.after_calls()[0]()
+        assert procinfo.stat(first).state == "T"
+    # Healed on leaving, as it would be after an exception or Ctrl-C.
+    assert wait_for(lambda: procinfo.stat(first).state != "T", timeout_s=5)
+    record = injector.to_result()[0]
+    assert record["fired"].startswith(f"pool process {first} stopped")
+    assert "continued" in record["healed"] and not injector.problems()
+
+
+def test_the_heal_runs_when_the_calls_end_in_an_exception(parent_with_children):
+    t = Target(None, "", parent_with_children)
+    first = actions.pool_processes(parent_with_children)[0]
+    injector = FaultInjector([Fault("stop-child", after_calls(0))], t, redis_client=None,
+                             queue="unused")
+    with pytest.raises(KeyboardInterrupt), injector:
+        injector.after_calls()[0]()
+        raise KeyboardInterrupt
+    assert procinfo.stat(first).state != "T"
+
+
+def test_kill_child_kills_exactly_one_pool_process(parent_with_children):
+    before = actions.pool_processes(parent_with_children)
+    said = actions.kill_child(Target(None, "", parent_with_children))
+    assert said == f"pool process {before[0]} killed (SIGKILL)"
+    assert actions.pool_processes(parent_with_children) == before[1:]
+
+
+def test_a_fault_whose_cue_never_comes_is_a_problem_not_a_pass():
+    injector = FaultInjector([Fault("kill-child", after_calls(5))],
+                             Target(None, "", 0), redis_client=None, queue="unused")
+    with injector:
+        pass  # three calls ran; the cue "after 5 calls" never came
+    assert injector.problems() == [
+        "fault kill-child after 5 finished call(s), healed at the end of the variant never "
+        "fired (its cue never came)"]
+
+
+def test_a_fault_that_fails_to_fire_is_a_problem():
+    injector = FaultInjector([Fault("pgbouncer-pause", after_calls(0))],
+                             Target(SimpleNamespace(pgbouncer=None), "db", 0),
+                             redis_client=None, queue="unused")
+    with injector:
+        injector.after_calls()[0]()
+    assert "needs a stack with PgBouncer" in injector.problems()[0]
+
+
+def test_a_task_waits_at_its_cue_and_the_fault_lands_there(make_worker):
+    """kill-child at the point 'midway': the process that announced it is the one killed,
+    its call is lost, and the other calls pass the point (the fault fires once)."""
+    worker = make_worker(cue_points=("midway",), concurrency=2)
+    with worker:
+        injector = FaultInjector([Fault("kill-child", at_point("midway"))],
+                                 Target(None, "", worker.pid),
+                                 redis_client=worker.client.backend.client,
+                                 queue=worker.settings.queue)
+        with injector:
+            calls = worker.run("tests.apps.lifecycle.reach_then_echo", calls=4, timeout_s=30)
+    assert not injector.problems()
+    fired = injector.to_result()[0]["fired"]
+    assert fired.startswith("pool process ") and fired.endswith("killed (SIGKILL)")
+    statuses = sorted(c.status.value for c in calls)
+    assert statuses == [CallStatus.ERROR.value] + [CallStatus.OK.value] * 3, calls
+    lost = next(c for c in calls if c.status is CallStatus.ERROR)
+    assert "WorkerLostError" in lost.error.chain[0].type
+
+
+def test_a_point_no_fault_listens_for_does_not_wait(make_worker):
+    with make_worker() as worker:
+        calls = worker.run("tests.apps.lifecycle.reach_then_echo", calls=2, timeout_s=15)
+    assert [c.status for c in calls] == [CallStatus.OK, CallStatus.OK]
+
+
+def test_after_calls_fires_between_batches(make_worker, parent_with_children):
+    """The hook for k=2 runs once two calls finished and before the third is sent."""
+    seen: list[int] = []
+    with make_worker() as worker:
+        def hook() -> None:
+            seen.append(len(worker._finished_in_log()))  # noqa: SLF001 - what the worker logged
+
+        calls = worker.run("tests.apps.lifecycle.echo", calls=4, timeout_s=15,
+                           after_calls={2: hook}, ignore_result=False)
+    assert [c.status for c in calls] == [CallStatus.OK] * 4
+    assert seen == [2]
