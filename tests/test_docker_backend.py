@@ -197,3 +197,20 @@ def test_an_interrupted_run_removes_its_containers_and_network(tmp_path: Path, s
         run.kill()
         run.wait(timeout=10)
     assert leftovers(run_id) == []
+
+
+@pytest.mark.parametrize("immediate", [False, True])
+def test_a_postgres_restart_keeps_the_published_port_and_the_data(immediate: bool):
+    """The restart faults need the address to survive: Docker gives an ephemeral binding
+    a new port on restart, so the service picks its host port itself."""
+    with backend.DockerPostgres() as pg:
+        pg.execute("set synchronous_commit = on; create table kept (id int)")
+        port = pg.port
+        before = pg.execute("select pg_postmaster_start_time()")[0][0]
+        with pg.connect() as conn:
+            pg.restart(immediate=immediate)
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("select 1")
+        assert pg.port == port
+        assert pg.execute("select pg_postmaster_start_time()")[0][0] > before
+        assert pg.execute("select count(*) from kept") == [(0,)]
