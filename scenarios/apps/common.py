@@ -27,6 +27,8 @@ ENGINE_KNOBS = (
     Knob("max_overflow", int, None, "max_overflow of the default pool"),
     Knob("pool_timeout", (int, float), None, "seconds a checkout waits for a pooled connection"),
     Knob("pre_ping", bool, False, "pool_pre_ping=True: test each connection at checkout"),
+    Knob("pool_recycle", int, None, "pool_recycle: replace a pooled connection older than this "
+         "many seconds at checkout"),
     Knob("connect_args", dict, None, "keyword arguments for the driver's connect()"),
     Knob("url_query", dict, None, "added to the database URL's query string"),
     Knob("uuid_statement_names", bool, False,
@@ -83,7 +85,7 @@ def engine_kwargs(settings: WorkerSettings) -> dict[str, Any]:
     if settings.get("pool") == "null":
         kwargs["poolclass"] = NullPool
     else:
-        for knob in ("pool_size", "max_overflow", "pool_timeout"):
+        for knob in ("pool_size", "max_overflow", "pool_timeout", "pool_recycle"):
             if settings.get(knob) is not None:
                 kwargs[knob] = settings.get(knob)
     if settings.get("pre_ping"):
