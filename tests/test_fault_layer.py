@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -27,6 +28,15 @@ from harness.faults.injector import FaultInjector
 from harness.faults.plan import Fault, after_calls, at_point
 from harness.outcome import CallStatus
 from harness.services import LocalPgBouncer, LocalPostgres, PgBouncerSettings
+from harness.services.base import remove_tree
+from tests._runs import (
+    assert_nothing_left,
+    finish,
+    log_tail,
+    private_run_env,
+    run_processes,
+    start_pytest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +249,50 @@ def test_after_calls_fires_between_batches(make_worker, parent_with_children):
                            after_calls={2: hook}, ignore_result=False)
     assert [c.status for c in calls] == [CallStatus.OK] * 4
     assert seen == [2]
+
+
+# A pytest run whose only call meets two faults at once: its pool process stopped
+# (state T) and the path to the database blackholed. Ctrl-C then arrives.
+HELD_SCENARIO = textwrap.dedent('''
+    from harness.faults.plan import Fault, after_calls
+    from harness.plugin import assert_expected
+    from harness.scenario import Claim, Role, Scenario, StackSpec, Variant, Workload, clean
+
+    SCENARIO = Scenario(
+        id="held", app="tests.apps.faults",
+        workload=Workload(task="sleep_in_query", calls=1, concurrency=1, timeout_s=120,
+                          faults=(Fault("proxy-blackhole", after_calls(0)),
+                                  Fault("stop-child", after_calls(0)))),
+        stack=StackSpec(proxy=True),
+        signatures=(), claim=Claim("-", "-", None, "held", "held"),
+        variants=(Variant("held", Role.CONTROL, {"sleep_s": 0}, expect=clean()),),
+        drivers=("psycopg",))
+
+
+    def test_variant(variant_run):
+        assert_expected(variant_run)
+''')
+
+
+def test_ctrl_c_while_faults_hold_a_pool_process_leaves_nothing_behind(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_held.py").write_text(HELD_SCENARIO)
+    output = tmp_path / "pytest.out"
+    env, private_tmp, mark = private_run_env()
+    run = start_pytest(["--results-dir", str(tmp_path / "results"), "test_held.py"], project,
+                       env, output)
+    try:
+        def a_stopped_process() -> bool:
+            return any((s := procinfo.stat(p.pid)) is not None and s.state == "T"
+                       for p in run_processes(mark, private_tmp))
+
+        assert wait_for(a_stopped_process, timeout_s=90), \
+            f"no pool process of the run was ever stopped\n{log_tail(output)}"
+        os.kill(run.pid, signal.SIGINT)
+        code = finish(run, output)
+        assert code != 0, log_tail(output)
+        assert_nothing_left(mark, private_tmp)
+    finally:
+        run.kill()
+        remove_tree(private_tmp)
