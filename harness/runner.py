@@ -78,7 +78,8 @@ class VariantRun:
             "claim": {"error": self.scenario.claim.error, "fix": self.scenario.claim.fix,
                       "signature": self.scenario.claim.signature,
                       "bad": self.scenario.claim.bad, "fixed": self.scenario.claim.fixed,
-                      "bad_fails": self.scenario.claim.bad_fails},
+                      "bad_fails": self.scenario.claim.bad_fails,
+                      "source": self.scenario.claim.source},
         }
 
     def failure_message(self) -> str:

@@ -243,6 +243,11 @@ class Claim:
         bad_fails: False when the article claims the ``bad`` variant WORKS (a claim
             of support, such as "Celery supports async def tasks natively"): the
             claim then holds only if that variant is clean.
+        source: who makes the claim. "the article" quotes an error, so a different
+            error makes the verdict "holds with a different error"; a production
+            fault's claim comes from maintainers ("SQLAlchemy's pooling
+            documentation") and quotes none: it holds when the bad variant fails
+            and the recommended fix is clean.
     """
 
     error: str
@@ -251,6 +256,7 @@ class Claim:
     bad: str
     fixed: str
     bad_fails: bool = True
+    source: str = "the article"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def render_table(results: Sequence[Mapping[str, Any]]) -> str:
 def render_verdicts(results: Sequence[Mapping[str, Any]]) -> str:
     lines = []
     for v in verdicts(results):
-        lines.append(f"{v.scenario} [{v.driver}]: the article's claim {v.verdict.upper()} "
+        whose = "the article's claim" if v.source == "the article" else f"the claim ({v.source})"
+        lines.append(f"{v.scenario} [{v.driver}]: {whose} {v.verdict.upper()} "
                      f"- {v.detail}")
     return "\n".join(lines)

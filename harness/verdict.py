@@ -16,6 +16,7 @@ DIFFERENT_ERROR = "holds with a different error"
 DOES_NOT_HOLD = "does not hold"
 UNKNOWN = "unknown"
 NOT_APPLICABLE = "n/a"
+ARTICLE = "the article"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Verdict:
     driver: str
     verdict: str
     detail: str
+    source: str = ARTICLE  # who makes the claim
 
 
 def claim_verdict(bad: Mapping[str, Any] | None, fixed: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -51,6 +53,11 @@ def claim_verdict(bad: Mapping[str, Any] | None, fixed: Mapping[str, Any] | None
                                f"was {fixed['outcome']}")
     if claimed is not None and claimed in seen:
         return HOLDS, f"{bad['variant']} fails with {claimed}; {fixed['variant']} is clean"
+    if claimed is None and bad["claim"].get("source", ARTICLE) != ARTICLE:
+        # A maintainers' recommendation quotes no error: that it fails, and that the
+        # recommended fix clears it, is the whole claim.
+        return HOLDS, (f"{bad['variant']} fails ({', '.join(seen) or 'no signature'}); "
+                       f"{fixed['variant']}, the recommended fix, is clean")
     return DIFFERENT_ERROR, (f"{bad['variant']} fails with {', '.join(seen)}, not "
                              f"{claimed or 'the quoted error'}; {fixed['variant']} is clean")
 
@@ -69,5 +76,5 @@ def verdicts(results: Iterable[Mapping[str, Any]]) -> list[Verdict]:
         claim = claims[key]
         runs = by_key[key]
         verdict, detail = claim_verdict(runs.get(claim["bad"]), runs.get(claim["fixed"]))
-        found.append(Verdict(key[0], key[1], verdict, detail))
+        found.append(Verdict(key[0], key[1], verdict, detail, claim.get("source", ARTICLE)))
     return found

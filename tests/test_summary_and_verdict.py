@@ -78,3 +78,21 @@ def test_a_claim_of_support_does_not_hold_when_that_configuration_fails():
 def test_a_variant_that_is_not_applicable_gives_an_na_verdict():
     rows = [result("bad", "N/A", reason="needs PgBouncer >= 1.21"), result("fix", "CLEAN")]
     assert verdicts(rows)[0].verdict == NOT_APPLICABLE
+
+
+def test_a_maintainers_recommendation_holds_on_failure_and_fix_without_a_quoted_error():
+    """A production fault's claim quotes no error: any failure of the bad variant and a
+    clean recommended fix make it hold; the article's unquoted error stays 'different'."""
+    recommended = dict(CLAIM, signature=None, source="SQLAlchemy's pooling documentation")
+    rows = [dict(result("bad", "REPRODUCED", {"asyncpg-connection-lost": 1}), claim=recommended),
+            dict(result("fix", "CLEAN"), claim=recommended)]
+    [found] = verdicts(rows)
+    assert found.verdict == HOLDS and found.source == recommended["source"]
+    assert "the claim (SQLAlchemy's pooling documentation) HOLDS" in render_verdicts(rows)
+    article = dict(CLAIM, signature=None)
+    rows = [dict(row, claim=article) for row in rows]
+    assert verdicts(rows)[0].verdict == DIFFERENT_ERROR
+    rows[1] = dict(result("fix", "REPRODUCED", {"asyncpg-connection-lost": 1}),
+                   claim=recommended)
+    rows[0] = dict(rows[0], claim=recommended)
+    assert verdicts(rows)[0].verdict == DOES_NOT_HOLD

@@ -151,7 +151,8 @@ def _scenario_header(scenario: str, verdicts: list[Mapping[str, Any]], names: di
     text = f'<span class="name">{escape(scenario)}</span>'
     if verdicts:
         claim = verdicts[0]["claim"]
-        text += (f' - the article: "{escape(claim.get("error", ""))}"; fix: '
+        text += (f' - {escape(claim.get("source", "the article"))}: '
+                 f'"{escape(claim.get("error", ""))}"; fix: '
                  f'"{escape(claim.get("fix", ""))}". Verdict: '
                  + ", ".join(f"{escape(v['driver'])} {_verdict_badge(v, names)}"
                              for v in verdicts))

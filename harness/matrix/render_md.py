@@ -70,7 +70,8 @@ def render(matrix: Mapping[str, Any]) -> str:
         claims = [v for (s, _), v in sorted(verdicts.items()) if s == scenario]
         if claims:
             claim = claims[0]["claim"]
-            lines.append(f"The article: \"{_esc(claim.get('error', ''))}\"; fix: "
+            source = claim.get("source", "the article")
+            lines.append(f"{source[:1].upper()}{source[1:]}: \"{_esc(claim.get('error', ''))}\"; fix: "
                          f"\"{_esc(claim.get('fix', ''))}\". Verdict:")
             for v in claims:
                 lines += _verdict_lines(v, names)
