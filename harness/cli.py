@@ -125,6 +125,11 @@ def _axis_parent(suppress: bool = False) -> argparse.ArgumentParser:
                         default=argparse.SUPPRESS if suppress else False,
                         help="every combination (cross product) instead of the baseline plus "
                              "one axis at a time; large: see matrix.toml")
+    parent.add_argument("--pairwise", action="store_true",
+                        default=argparse.SUPPRESS if suppress else False,
+                        help="the fewest environments in which every pair of values of any "
+                             "two axes meets (pairs the package index says cannot be "
+                             "installed are left out and named)")
     return parent
 
 
@@ -148,6 +153,7 @@ def _refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     else:
         unused += [f"--{axis}" for axis in AXES if getattr(args, axis, None)]
         unused += ["--matrix-file"] * bool(args.matrix_file) + ["--full"] * bool(args.full)
+        unused += ["--pairwise"] * bool(args.pairwise)
     if unused:
         raise HarnessError(
             f"'harness matrix {args.action}' does not use {', '.join(unused)}, so it would "
@@ -262,12 +268,13 @@ def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
         return command.report_command(args.paths[0], args.out)
     if args.action == "plan":
         return command.plan_command(root, args.matrix_file, axes, args.full, args.format,
-                                    args.check)
+                                    args.check, args.pairwise)
     if args.action == "merge":
         return command.merge_command(args.paths, args.out, args.baseline)
     pytest_args = (["-k", args.keyword] if args.keyword else []) + pytest_extra
     return command.run_matrix_until_stopped(command.MatrixOptions(
         project_root=root, matrix_file=args.matrix_file, axes=axes, full=args.full,
+        pairwise=args.pairwise,
         only=args.only, out=args.out, cache_dir=args.cache_dir, workers=args.workers,
         pytest_args=pytest_args, baseline=args.baseline, env_timeout_s=args.env_timeout,
         resolve=args.resolve))

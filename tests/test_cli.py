@@ -239,3 +239,39 @@ def test_bench_outside_a_checkout_says_where_to_run(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "fixes"]) == 2
     assert "cd into the checkout" in capsys.readouterr().err
+
+
+def test_plan_pairwise_names_the_pairs_and_leaves_out_what_cannot_install(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The index's files decide which python x release pairs exist: asyncpg 0.28.0 has
+    no cp313 wheel, so no environment pairs them and the plan says so."""
+    known = {"sqlalchemy": ["2.1.9"], "celery": ["5.7.0"], "asyncpg": ["0.32.0", "0.28.0"],
+             "psycopg": ["3.3.9"], "psycopg-binary": ["3.3.9"]}
+    monkeypatch.setattr("harness.matrix.index.index_versions", known.__getitem__)
+    monkeypatch.setattr("harness.environment.pgbouncer_version", lambda: "1.18.0")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    wheels = {"asyncpg": [f"asyncpg-{v}-cp{py}-cp{py}-manylinux_2_17_x86_64.whl"
+                          for v, pys in (("0.32.0", (311, 313)), ("0.28.0", (311,)))
+                          for py in pys],
+              "sqlalchemy": ["SQLAlchemy-2.1.9-py3-none-any.whl"],
+              "celery": ["celery-5.7.0-py3-none-any.whl"],
+              "psycopg": ["psycopg-3.3.9-py3-none-any.whl"],
+              "psycopg-binary": [f"psycopg_binary-3.3.9-cp{py}-cp{py}-manylinux_2_17_x86_64.whl"
+                                 for py in (311, 313)]}
+    monkeypatch.setattr("harness.matrix.python_support.IndexPythonSupport._list",
+                        lambda self, package: [{"filename": f} for f in wheels[package]])
+    code = cli.main(["matrix", "plan", "--pairwise", "--python", "3.11", "3.13",
+                     "--sqlalchemy", "2.1.9", "--celery", "5.7.0", "--asyncpg", "0.32.0",
+                     "0.28.0", "--psycopg", "3.3.9", "--pgbouncer", "local"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = [line.split() for line in out.splitlines() if line.startswith(("baseline", "pair"))]
+    assert [slot for slot, _ in lines] == ["baseline", "pairwise#1", "pairwise#2"]
+    assert not any("py3.13" in env and "asyncpg0.28.0" in env for _, env in lines)
+    assert "covers 15 new pair(s)" in out
+    assert "not installable, so not covered: python 3.13 + asyncpg 0.28.0" in out
+
+
+def test_full_and_pairwise_together_are_refused(capsys, tmp_path, fake_index) -> None:
+    assert "give one of them" in refused(capsys, tmp_path, "--full", "--pairwise")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.matrix import pairwise
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,7 +55,8 @@ REQUIREMENT = {"sqlalchemy": "sqlalchemy[asyncio]=={}", "celery": "celery[redis]
                "asyncpg": "asyncpg=={}", "psycopg": "psycopg[binary]=={}"}
 ONE_AT_A_TIME = "one-at-a-time"
 PRODUCT = "product"
-MODES = (ONE_AT_A_TIME, PRODUCT)
+PAIRWISE = "pairwise"
+MODES = (ONE_AT_A_TIME, PAIRWISE, PRODUCT)
 BASELINE = "baseline"
 
 
@@ -64,7 +66,7 @@ class MatrixSpec:
 
     Attributes:
         axes: axis name -> versions as written (``"2.1.9"``, ``"2.0.x"``, ``"latest"``).
-        mode: ``one-at-a-time`` or ``product``.
+        mode: ``one-at-a-time``, ``pairwise`` or ``product``.
         source: where the axes came from, for error messages.
     """
 
@@ -80,7 +82,8 @@ class Combination:
     Attributes:
         versions: axis name -> resolved version (python as ``major.minor``).
         slot: ``baseline``, the axis this environment varies (``sqlalchemy``, or
-            ``sqlalchemy#2`` for that axis's third value), or ``product``.
+            ``sqlalchemy#2`` for that axis's third value), ``pairwise#N`` (the N-th
+            row of a pairwise plan), or ``product``.
             Regression diffs pair environments by slot when versions moved.
     """
 
@@ -166,7 +169,7 @@ def parse_spec(data: Mapping[str, Any], source: str) -> MatrixSpec:
 
 
 def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | None],
-                 full: bool) -> MatrixSpec:
+                 full: bool, pairwise: bool = False) -> MatrixSpec:
     """Override axes of ``spec`` (None: no file) with the ones given as options.
 
     Raises:
@@ -183,7 +186,9 @@ def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | 
         raise ConfigError(f"No versions for {', '.join(missing)} in {where}. Give them as "
                           f"options ({' '.join('--' + m + ' X.Y.Z' for m in missing)}) or "
                           f"in the [axes] table of matrix.toml.")
-    mode = PRODUCT if full else (spec.mode if spec else ONE_AT_A_TIME)
+    if full and pairwise:
+        raise ConfigError("--full and --pairwise ask for two different plans; give one of them.")
+    mode = PRODUCT if full else PAIRWISE if pairwise else (spec.mode if spec else ONE_AT_A_TIME)
     source = spec.source + (" + options" if given else "") if spec else "options"
     return MatrixSpec(axes={a: axes[a] for a in AXES if a in axes}, mode=mode, source=source)
 
@@ -193,16 +198,25 @@ def present(spec_axes: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
     return tuple(axis for axis in AXES if axis in spec_axes)
 
 
-def plan(spec: MatrixSpec) -> list[Combination]:
+def plan(spec: MatrixSpec, rows: Sequence[Mapping[str, str]] | None = None
+         ) -> list[Combination]:
     """The environments to build, baseline first.
 
     One-at-a-time keeps a 2-core machine's matrix to ``1 + sum(len(axis) - 1)``
     environments instead of the product of all axis lengths, and still answers
     "which version moves this cell", because each variation differs from the
-    baseline in exactly one axis.
+    baseline in exactly one axis. Pairwise (:mod:`harness.matrix.pairwise`) has every
+    pair of values of any two axes in some environment, at about the same size;
+    ``rows`` is a pairwise cover already made with the index's constraints (else one
+    is made without constraints).
     """
     names = present(spec.axes)
     baseline = {axis: spec.axes[axis][0] for axis in names}
+    if spec.mode == PAIRWISE:
+        if rows is None:
+            rows = pairwise.cover({axis: spec.axes[axis] for axis in names}).rows
+        return [Combination(dict(row), BASELINE if i == 0 else f"{PAIRWISE}#{i}")
+                for i, row in enumerate(rows)]
     if spec.mode == PRODUCT:
         combos = [Combination(dict(zip(names, values)), PRODUCT)
                   for values in itertools.product(*(spec.axes[a] for a in names))]

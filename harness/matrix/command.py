@@ -42,6 +42,7 @@ from harness.matrix import (
     sources,
     table,
 )
+from harness.matrix import pairwise, python_support
 from harness.matrix import resolution as resolutions
 from harness.matrix import smoke as smokes
 from harness.matrix.run import SIDECAR, Progress, activated, run_env
@@ -58,6 +59,7 @@ class MatrixOptions:
     matrix_file: Path | None
     axes: Mapping[str, Sequence[str] | None]
     full: bool = False
+    pairwise: bool = False
     only: Sequence[str] = ()
     out: Path = Path("reports/matrix")
     cache_dir: Path | None = None
@@ -73,7 +75,8 @@ def say(message: str) -> None:
 
 
 def load_spec(project_root: Path, matrix_file: Path | None,
-              options: Mapping[str, Sequence[str] | None], full: bool) -> axes.MatrixSpec:
+              options: Mapping[str, Sequence[str] | None], full: bool,
+              pairwise: bool = False) -> axes.MatrixSpec:
     """Axes from the matrix file (explicit, else ./matrix.toml if present) and options.
 
     PgBouncer values are checked for their form and ``local`` becomes the installed
@@ -82,11 +85,26 @@ def load_spec(project_root: Path, matrix_file: Path | None,
     path = matrix_file or project_root / "matrix.toml"
     spec = axes.load_toml(path) if (matrix_file or path.exists()) else None
     return sources.resolve_postgres(
-        pgbouncer_axis.resolve_pgbouncer(axes.with_options(spec, options, full)))
+        pgbouncer_axis.resolve_pgbouncer(axes.with_options(spec, options, full, pairwise)))
 
 
-def planned(spec: axes.MatrixSpec, only: Sequence[str] = ()) -> list[axes.Combination]:
-    combos = axes.plan(spec)
+def installable(spec: axes.MatrixSpec, cache_dir: Path | None = None) -> pairwise.Cover | None:
+    """For a pairwise plan of resolved versions: the plan, with the python x package pairs
+    the index says cannot be installed left out (None for the other modes)."""
+    if spec.mode != axes.PAIRWISE:
+        return None
+    env = environments.uv_environment()
+    support = python_support.IndexPythonSupport(
+        resolutions.index_url(env), (cache_dir or environments.cache_root()).parent
+        / "python-support.json", cafile=env.get("SSL_CERT_FILE"))
+    names = axes.present(spec.axes)
+    return pairwise.cover({a: spec.axes[a] for a in names},
+                          pairwise.forbidding(support.forbidden(spec.axes)))
+
+
+def planned(spec: axes.MatrixSpec, only: Sequence[str] = (),
+            cover: pairwise.Cover | None = None) -> list[axes.Combination]:
+    combos = axes.plan(spec, rows=cover.rows if cover else None)
     if only:
         unknown = [o for o in only if o not in {c.id for c in combos}]
         if unknown:
@@ -202,11 +220,17 @@ def smoke_failed(combo: axes.Combination, env: environments.BuiltEnv, python: st
 @containers.removing_containers
 def run_matrix(opts: MatrixOptions) -> int:
     """``harness matrix``: check, build, run, merge, compare."""
-    spec = load_spec(opts.project_root, opts.matrix_file, opts.axes, opts.full)
+    spec = load_spec(opts.project_root, opts.matrix_file, opts.axes, opts.full, opts.pairwise)
     baseline = merge.load_any(opts.baseline) if opts.baseline else None
     say(f"checking the versions of {spec.source} on the package index")
     spec = index.resolve_spec(spec)
-    combos = planned(spec, opts.only)
+    cover = installable(spec, opts.cache_dir)
+    if cover is not None:
+        say(f"pairwise plan: {len(cover.rows)} environments cover every pair of values of any "
+            f"two axes" + (f"; {len(cover.impossible)} pair(s) cannot be installed: "
+                           + ", ".join(pairwise.describe(p) for p in cover.impossible)
+                           if cover.impossible else ""))
+    combos = planned(spec, opts.only, cover)
     # Only what the planned environments use must exist here: a CI shard (--only) needs
     # neither the other Python lines nor the other PgBouncer versions.
     # A Python with no interpreter here runs in its interpreter image (a container env).
@@ -275,19 +299,31 @@ def run_matrix(opts: MatrixOptions) -> int:
 
 def plan_command(project_root: Path, matrix_file: Path | None,
                  options: Mapping[str, Sequence[str] | None], full: bool, fmt: str,
-                 check: bool) -> int:
+                 check: bool, pairwise_plan: bool = False) -> int:
     """``harness matrix plan``: the environments, as text or a GitHub Actions include list."""
-    spec = load_spec(project_root, matrix_file, options, full)
-    if check:  # CI's plan job checks versions once, before any runner starts
+    spec = load_spec(project_root, matrix_file, options, full, pairwise_plan)
+    # CI's plan job checks versions once, before any runner starts; a pairwise plan
+    # always does: which pairs can be installed is a fact of the exact versions.
+    if check or spec.mode == axes.PAIRWISE:
         # Package versions only: whether a PgBouncer version has a binary or an image is
         # a question for the machine that runs the environment (harness matrix --only).
         spec = index.resolve_spec(spec)
-    combos = planned(spec)
+    cover = installable(spec)
+    combos = planned(spec, cover=cover)
     if fmt == "github":
         print(json.dumps(axes.github_include(combos), separators=(",", ":")))
-    else:
-        for c in combos:
-            print(f"{c.slot:<12} {c.id}")
+        return 0
+    for i, c in enumerate(combos):
+        print(f"{c.slot:<12} {c.id}")
+        if cover is not None:
+            print(f"{'':<12}   covers {len(cover.new_pairs[i])} new pair(s): "
+                  + "; ".join(pairwise.describe(p) for p in cover.new_pairs[i]))
+    if cover is not None:
+        total = sum(len(n) for n in cover.new_pairs)
+        print(f"{len(combos)} environments cover all {total} pairs of values of any two axes"
+              + (f"; not installable, so not covered: "
+                 + "; ".join(pairwise.describe(p) for p in cover.impossible)
+                 if cover.impossible else ""))
     return 0
 
 

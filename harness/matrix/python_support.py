@@ -1,0 +1,126 @@
+"""Which Python lines a pinned release can be installed on, read from the package index.
+
+Responsibility: the constraints of a pairwise plan. A pairwise plan puts versions
+together that no one-at-a-time plan would (asyncpg 0.28.0 on Python 3.13); some of
+those pairs cannot be installed, and an environment planned on one would only fail
+its build. The index says which: a release's ``requires-python``, and for a package
+with compiled wheels, whether any wheel is built for that CPython line (asyncpg
+0.28.0 has none for 3.12 or newer; its sdist needs a compiler and headers).
+
+Asked once per package through the JSON simple API (PEP 691), like the upload times
+of :mod:`harness.matrix.resolution`, and cached in a file: a release's files never
+change once uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
+from harness.errors import HarnessError
+from harness.matrix.index import ALSO_NEEDS
+from harness.matrix.pairwise import Pair
+from harness.matrix.resolution import INDEX_TIMEOUT_S, _file_version
+
+# The platform every environment runs on (host or container): Linux on x86-64.
+PLATFORM = re.compile(r"manylinux.*x86_64|linux_x86_64|^any$")
+
+
+def supports(files: Iterable[Mapping[str, Any]], version: str, python: str) -> bool:
+    """Can ``version`` (given the index's files of its package) install on ``python``
+    (``3.Y``) without a compiler?
+
+    ``requires-python`` must admit the line; then, if the release has platform wheels
+    at all, one must be for this CPython line (or an abi3 wheel for an older one). A
+    release of pure wheels or only an sdist installs wherever ``requires-python``
+    admits it.
+    """
+    wanted = Version(version)
+    mine = [f for f in files if _file_version(f.get("filename", "")) == wanted]
+    probe = Version(f"{python}.99")
+    for f in mine:
+        spec = f.get("requires-python")
+        if spec:
+            try:
+                if probe not in SpecifierSet(spec):
+                    return False
+            except InvalidSpecifier:
+                pass  # an unreadable constraint decides nothing
+    tags = [tag for f in mine if f.get("filename", "").endswith(".whl")
+            for tag in parse_wheel_filename(f["filename"])[3]]
+    compiled = [t for t in tags if t.abi != "none"]
+    if not compiled:
+        return True
+    cp = f"cp{python.replace('.', '')}"
+    minor = int(python.split(".")[1])
+    for tag in compiled:
+        if not PLATFORM.search(tag.platform):
+            continue
+        if tag.interpreter == cp:
+            return True
+        if tag.abi == "abi3" and tag.interpreter.startswith("cp3") \
+                and int(tag.interpreter[3:] or 99) <= minor:
+            return True
+    return False
+
+
+class IndexPythonSupport:
+    """``forbidden(axes)``: the python x package pairs the index says cannot install."""
+
+    def __init__(self, index_url: str, cache_file: Path, cafile: str | None = None) -> None:
+        self.index_url = index_url.rstrip("/")
+        self.cache_file = cache_file
+        self.context = ssl.create_default_context(cafile=cafile)
+        try:
+            self._cache: dict[str, bool] = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            self._cache = {}
+        self._files: dict[str, list[Mapping[str, Any]]] = {}
+
+    def forbidden(self, axes: Mapping[str, list[str]]) -> list[Pair]:
+        found = []
+        for package in ("sqlalchemy", "celery", "asyncpg", "psycopg"):
+            for version in axes.get(package, []):
+                for python in axes.get("python", []):
+                    names = [package, *([ALSO_NEEDS[package]] if package in ALSO_NEEDS else [])]
+                    if not all(self.supported(name, version, python) for name in names):
+                        found.append((("python", python), (package, version)))
+        return found
+
+    def supported(self, package: str, version: str, python: str) -> bool:
+        key = f"{self.index_url} {canonicalize_name(package)}=={version} py{python}"
+        if key not in self._cache:
+            self._cache[key] = supports(self._list(package), version, python)
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._cache, indent=0, sort_keys=True))
+            os.replace(tmp, self.cache_file)
+        return self._cache[key]
+
+    def _list(self, package: str) -> list[Mapping[str, Any]]:
+        if package not in self._files:
+            url = f"{self.index_url}/{canonicalize_name(package)}/"
+            request = urllib.request.Request(
+                url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+            try:
+                with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_S,
+                                            context=self.context) as response:
+                    self._files[package] = json.loads(response.read()).get("files", [])
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                raise HarnessError(
+                    f"Expected the package index {self.index_url} to list {package}'s files "
+                    f"(GET {url}, JSON simple API) to know which Python lines each release "
+                    f"installs on, but the request failed: {exc}. Check the network, or "
+                    f"plan one axis at a time (no --pairwise).") from exc
+        return self._files[package]
