@@ -36,13 +36,14 @@ from harness.matrix import (
     environments,
     index,
     merge,
+    pairwise,
     pgbouncer_axis,
+    python_support,
     render_html,
     render_md,
     sources,
     table,
 )
-from harness.matrix import pairwise, python_support
 from harness.matrix import resolution as resolutions
 from harness.matrix import smoke as smokes
 from harness.matrix.run import SIDECAR, Progress, activated, run_env
@@ -321,7 +322,7 @@ def plan_command(project_root: Path, matrix_file: Path | None,
     if cover is not None:
         total = sum(len(n) for n in cover.new_pairs)
         print(f"{len(combos)} environments cover all {total} pairs of values of any two axes"
-              + (f"; not installable, so not covered: "
+              + ("; not installable, so not covered: "
                  + "; ".join(pairwise.describe(p) for p in cover.impossible)
                  if cover.impossible else ""))
     return 0

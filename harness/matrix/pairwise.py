@@ -82,13 +82,13 @@ def cover(axes: Mapping[str, Sequence[str]], allowed: Allowed = lambda row: True
     uncovered = all_pairs(axes) & coverable
     rows = [baseline]
     uncovered -= pairs_of(baseline, names)
-    while uncovered:
-        def score(row: dict[str, str]) -> tuple[int, int, list[int]]:
-            gained = len(pairs_of(row, names) & uncovered)
-            distance = sum(row[n] != baseline[n] for n in names)
-            return (-gained, distance, [rank[n][row[n]] for n in names])
+    def score(row: dict[str, str], open_pairs: set[Pair]) -> tuple[int, int, list[int]]:
+        gained = len(pairs_of(row, names) & open_pairs)
+        distance = sum(row[n] != baseline[n] for n in names)
+        return (-gained, distance, [rank[n][row[n]] for n in names])
 
-        best = min(candidates, key=score)
+    while uncovered:
+        best = min(candidates, key=lambda row, open_pairs=uncovered: score(row, open_pairs))
         rows.append(best)
         uncovered -= pairs_of(best, names)
     rows = _shrink(rows, axes, allowed, all_pairs(axes) & coverable)
