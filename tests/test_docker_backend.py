@@ -214,3 +214,18 @@ def test_a_postgres_restart_keeps_the_published_port_and_the_data(immediate: boo
         assert pg.port == port
         assert pg.execute("select pg_postmaster_start_time()")[0][0] > before
         assert pg.execute("select count(*) from kept") == [(0,)]
+
+
+def test_the_pgbouncer_admin_console_takes_the_fault_layer_commands():
+    """KILL drops a client connection through the container's PgBouncer; RESUME lets new
+    ones in: the pgbouncer-* faults work on the docker backend as on the local one."""
+    with backend.DockerPostgres() as pg, backend.DockerPgBouncer(pg) as bouncer:
+        pg.create_database("h_admin")
+        with pg.connect("h_admin", port=bouncer.port) as conn:
+            conn.execute("select 1")
+            bouncer.admin("KILL h_admin")
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("select 1")
+        bouncer.admin("RESUME h_admin")
+        with pg.connect("h_admin", port=bouncer.port) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
