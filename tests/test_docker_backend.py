@@ -229,3 +229,11 @@ def test_the_pgbouncer_admin_console_takes_the_fault_layer_commands():
         bouncer.admin("RESUME h_admin")
         with pg.connect("h_admin", port=bouncer.port) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_a_redis_restart_keeps_the_published_port():
+    with backend.DockerRedis() as redis:
+        redis.client().set("queued", "call")
+        port = redis.port
+        redis.restart()
+        assert redis.port == port and redis.client().get("queued") is None

@@ -296,3 +296,16 @@ def test_ctrl_c_while_faults_hold_a_pool_process_leaves_nothing_behind(tmp_path)
     finally:
         run.kill()
         remove_tree(private_tmp)
+
+
+def test_a_redis_restart_keeps_the_port_and_drops_every_key(redis_service):
+    client = redis_service.client()
+    client.set("queued", "call")
+    port = redis_service.port
+    stack = SimpleNamespace(redis=redis_service, backend="local")
+    fire, heal = actions.FIRE_AND_HEAL["restart-redis"]
+    said = fire(Target(stack, "", 0))
+    assert said.startswith(f"Redis restarted on port {port}")
+    assert heal(Target(stack, "", 0)) == "Redis answers"
+    assert redis_service.port == port and redis_service.alive()
+    assert redis_service.client().get("queued") is None

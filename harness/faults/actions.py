@@ -93,6 +93,26 @@ def restart_postgres_immediate(t: Target) -> str:
     return _restart(t, immediate=True)
 
 
+def restart_redis(t: Target) -> str:
+    redis = t.stack.redis
+    restart = getattr(redis, "restart", None)
+    if restart is None:
+        raise FaultFailed(f"the {t.stack.backend} backend's Redis cannot restart")
+    before = redis.client().info("server")["run_id"]
+    restart()
+    after = redis.client().info("server")["run_id"]
+    if after == before:
+        raise FaultFailed("Redis answered with the same run_id after a restart")
+    return f"Redis restarted on port {redis.port}: run_id {after[:12]}, no data kept"
+
+
+def wait_redis(t: Target) -> str:
+    answered = wait_for(lambda: t.stack.redis.client().ping(), timeout_s=30)
+    if not answered:
+        raise FaultFailed(f"Redis {answered.explain('answer after its restart')}")
+    return "Redis answers"
+
+
 # --- PgBouncer ----------------------------------------------------------------------
 def _pgbouncer_admin(t: Target, command: str) -> str:
     pgbouncer = t.stack.pgbouncer
@@ -207,6 +227,7 @@ FIRE_AND_HEAL: dict[str, tuple[Action, Action]] = {
     "terminate-backends": (terminate_backends, nothing),
     "restart-postgres": (restart_postgres, wait_postgres),
     "restart-postgres-immediate": (restart_postgres_immediate, wait_postgres),
+    "restart-redis": (restart_redis, wait_redis),
     "pgbouncer-reconnect": (pgbouncer_reconnect, nothing),
     "pgbouncer-kill": (pgbouncer_kill, pgbouncer_resume),
     "pgbouncer-pause": (pgbouncer_pause, pgbouncer_resume),

@@ -27,6 +27,9 @@ ACTIONS = {
                         "data; heal: wait until it answers",
     "restart-postgres-immediate": "the same with an immediate shutdown (no checkpoint, "
                                   "crash recovery at start); heal: wait until it answers",
+    "restart-redis": "stop Redis (the broker and result backend) and start it on the same "
+                     "port; it keeps no data, so queued calls and stored results are gone; "
+                     "heal: wait until it answers",
     "pgbouncer-reconnect": "PgBouncer admin RECONNECT: server connections are closed once "
                            "released; heal: nothing to undo",
     "pgbouncer-kill": "PgBouncer admin KILL of the run's database: every client and server "

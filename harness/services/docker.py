@@ -17,9 +17,9 @@ import re
 import secrets
 import time
 
-from harness.errors import ConfigError, PortInUseError, ServiceStartError
+from harness.errors import ConfigError
 from harness.services import docker_engine as engine
-from harness.services.base import free_port, generate_password
+from harness.services.base import generate_password
 from harness.services.docker_container import ContainerService
 from harness.services.pgbouncer import PgBouncerSettings, admin_command, pgbouncer_ini, userlist
 from harness.services.postgres import SUPERUSER, LocalPostgres, PostgresSettings
@@ -109,47 +109,19 @@ class DockerPostgres(ContainerService):
                 "-c", f"max_connections={s.max_connections}", "-c", "fsync=off", "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off", "-c", "shared_buffers=32MB",
                 *[arg for k, v in s.extra.items() for arg in ("-c", f"{k}={v}")]]
-        # A host port chosen here, not by Docker: Docker gives an ephemeral binding a new
-        # port when the container restarts, and a restart fault must keep the address.
-        attempts = 1 if s.port else 3
-        for attempt in range(attempts):
-            self._host_port = s.port or free_port()
-            try:
-                # shm_size: Docker's 64 MB /dev/shm is tight for many connections'
-                # parallel workers.
-                self._launch(env={"POSTGRES_USER": self.user, "POSTGRES_PASSWORD": self.password},
-                             command=args, aliases=(self.alias,), shm_size="256m")
-                break
-            except PortInUseError:
-                self.stop()  # another process took the free port first: pick a new one
-                if attempt == attempts - 1:
-                    raise
+        # shm_size: Docker's 64 MB /dev/shm is tight for many connections' parallel workers.
+        self._launch_on_own_port(
+            env={"POSTGRES_USER": self.user, "POSTGRES_PASSWORD": self.password},
+            command=args, aliases=(self.alias,), shm_size="256m")
         self._wait_ready(self._answers, "'select version()'")
         self.version = self._query_one("show server_version").split()[0]
         self.start_s = time.monotonic() - began
 
     def restart(self, *, immediate: bool = False) -> None:
         """Restart in the same container (same data, same published port): SIGINT is
-        PostgreSQL's fast shutdown, SIGQUIT its immediate one, as in the local backend.
-
-        Raises:
-            ServiceStartError: it did not come back on the port the worker knows.
-        """
-        wrapped = self._wrapped()
-        if wrapped is None:
-            raise ServiceStartError("the postgres container is not running; nothing to restart")
-        wrapped.kill(signal="SIGQUIT" if immediate else "SIGINT")
-        wrapped.wait(timeout=30)
-        wrapped.start()
-        wrapped.reload()
-        bindings = (wrapped.attrs["NetworkSettings"]["Ports"] or {}).get(
-            f"{self.container_port}/tcp") or []
-        port = int(bindings[0]["HostPort"]) if bindings else None
-        if port != self.port:
-            raise ServiceStartError(
-                f"after its restart the postgres container publishes port {port}, not "
-                f"{self.port}: the worker's URL no longer reaches it")
-        self._wait_ready(self._answers, "'select version()' after a restart")
+        PostgreSQL's fast shutdown, SIGQUIT its immediate one, as in the local backend."""
+        self._restart_in_place("SIGQUIT" if immediate else "SIGINT", self._answers,
+                               "'select version()'")
 
 
 PGBOUNCER_SCRIPT = (
@@ -217,8 +189,13 @@ class DockerRedis(ContainerService):
 
     def start(self) -> None:
         began = time.monotonic()
-        self._launch(env={"REDIS_PASSWORD": self.password},
-                     entrypoint=["/bin/sh", "-c", REDIS_SCRIPT], command=[])
+        self._launch_on_own_port(env={"REDIS_PASSWORD": self.password},
+                                 entrypoint=["/bin/sh", "-c", REDIS_SCRIPT], command=[])
         self._wait_ready(lambda: self.client().ping(), "PING with its password")
         self.version = str(self.client().info("server")["redis_version"])
         self.start_s = time.monotonic() - began
+
+    def restart(self) -> None:
+        """Restart in the same container on the same port; with no persistence, every
+        queued message and stored result is gone, as after a real Redis restart."""
+        self._restart_in_place("SIGTERM", lambda: self.client().ping(), "PING")

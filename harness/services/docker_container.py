@@ -15,7 +15,7 @@ from typing import Any
 from harness._process import StartStop, wait_for
 from harness.errors import PortInUseError, ServiceStartError
 from harness.services import docker_engine as engine
-from harness.services.base import LOOPBACK
+from harness.services.base import LOOPBACK, free_port
 
 READY_POLL_S = 0.05
 
@@ -89,6 +89,50 @@ class ContainerService(StartStop):
                 f"{self.container_port}; its state is '{wrapped.status}'. Log tail:\n"
                 f"{self.log_tail()}")
         self.port = int(bindings[0]["HostPort"])
+
+    def _launch_on_own_port(self, **launch: Any) -> None:
+        """:meth:`_launch` with a host port chosen here, not by Docker.
+
+        Docker gives an ephemeral binding a new port when the container restarts, and
+        a restart fault must keep the address the worker knows. Another process may
+        take the free port first: then a new one is tried.
+        """
+        wanted = self._host_port
+        attempts = 1 if wanted else 3
+        for attempt in range(attempts):
+            self._host_port = wanted or free_port()
+            try:
+                self._launch(**launch)
+                return
+            except PortInUseError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+
+    def _restart_in_place(self, stop_signal: str, check: Callable[[], object],
+                          what: str) -> None:
+        """Stop the container's main process with ``stop_signal``, start the same
+        container again (same data, same published port) and wait until ``check`` passes.
+
+        Raises:
+            ServiceStartError: it is not running, or came back on another port.
+        """
+        wrapped = self._wrapped()
+        if wrapped is None:
+            raise ServiceStartError(f"the {self.name} container is not running; nothing to "
+                                    f"restart")
+        wrapped.kill(signal=stop_signal)
+        wrapped.wait(timeout=30)
+        wrapped.start()
+        wrapped.reload()
+        bindings = (wrapped.attrs["NetworkSettings"]["Ports"] or {}).get(
+            f"{self.container_port}/tcp") or []
+        port = int(bindings[0]["HostPort"]) if bindings else None
+        if port != self.port:
+            raise ServiceStartError(
+                f"after its restart the {self.name} container publishes port {port}, not "
+                f"{self.port}: the worker's URL no longer reaches it")
+        self._wait_ready(check, f"{what} after a restart")
 
     def _wait_ready(self, check: Callable[[], object], what: str) -> None:
         """Poll ``check`` (a real round trip) until it is true, bounded by the timeout."""

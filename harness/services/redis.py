@@ -6,6 +6,7 @@ prove it answers PING with the password, and remove every trace on stop.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import redis
@@ -47,6 +48,11 @@ class LocalRedis(LocalService):
         ]))
         return ManagedProcess([find_binary("redis-server", "redis-server"), str(conf)],
                               folder / f"redis-{attempt}.log", user=service_user())
+
+    def restart(self) -> None:
+        """Restart on the same port (SIGTERM, then start again); with no persistence,
+        every queued message and stored result is gone, as after a real Redis restart."""
+        self._restart(signal.SIGTERM)
 
     def _answers(self) -> bool:
         return bool(self.client().ping())
