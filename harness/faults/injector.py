@@ -14,11 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.faults.actions import FIRE_AND_HEAL, Target
 from harness.faults.cues import CueListener
 from harness.faults.plan import Fault
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @dataclass
@@ -86,7 +89,7 @@ class FaultInjector:
         return [r.to_result() for r in self.records]
 
     # --- lifecycle --------------------------------------------------------------------
-    def __enter__(self) -> FaultInjector:
+    def __enter__(self) -> Self:
         self._began = time.monotonic()
         if self._listener is not None:
             self._listener.start()
