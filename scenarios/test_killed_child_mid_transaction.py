@@ -213,7 +213,8 @@ SCENARIO = Scenario(
         fix="task_acks_late=True with task_reject_on_worker_lost=True: the message is "
             "re-queued so that the task will execute again (Celery docs; 'Enabling this "
             "can cause message loops')",
-        signature="pool-process-lost", bad="defaults", fixed="acks-late"),
+        signature="pool-process-lost", bad="defaults", fixed="acks-late",
+        source="Celery's documentation"),
     setup_sql=(
         ("create table writes (id bigserial primary key, token text not null, "
          "idem_key text unique, pid integer not null)"),
