@@ -63,7 +63,7 @@ What maintainers and docs recommend
       ``keepalives*`` and ``tcp_user_timeout`` detect a dead peer; there is no
       client query timeout: use ``statement_timeout`` on the server or
       asyncio's timeouts. Since 3.1 an interrupted async query is cancelled on
-      the server (psycopg/psycopg#543); 3.3 bounds that cancel to 5 s and the
+      the server (psycopg/psycopg#543); 3.3.9 bounds that cancel to 5 s and the
       wait after it to 5 s more before closing the connection
       (connection_async.py ``_try_cancel``; psycopg#1371, #1435).
     * PostgreSQL: ``statement_timeout`` cancels a statement that runs too
@@ -74,27 +74,28 @@ What maintainers and docs recommend
 
 What really happens (SQLAlchemy 2.1.9, Celery 5.7.0, asyncpg 0.32.0, psycopg
 3.3.9 with its bundled libpq 18, Python 3.11.7, PostgreSQL 15; ``asyncio.run()``
-per call unless noted)
+per call unless noted; five runs, the same outcome word in every cell, times
+are the range seen)
     * ``no-timeouts``: REPRODUCED ``hard-time-limit`` on both drivers: the
       call hangs 18 s, then Celery kills the process. ``no-limits-at-all``:
       the call hangs for the whole 25 s bound (OTHER_FAILURE); meanwhile the
       server session sits "idle in transaction" after ``select 1``, waiting for
       the client as the client waits for the server.
-    * ``command-timeout`` (asyncpg, 2 s): CLEAN, ``TimeoutError`` about 4.2 s
+    * ``command-timeout`` (asyncpg, 2 s): CLEAN, ``TimeoutError`` 4.2-4.3 s
       after the call began, about twice the setting. The extra 2 s match
       SQLAlchemy 2.1 closing the invalidated asyncpg connection gracefully with
       ``close(timeout=2)`` before terminating it (``_terminate_graceful_close``);
       asyncpg 0.32 bounds its CancelRequest with ``command_timeout``
-      (``Connection._cancel``), unlike the 0.31 of asyncpg#1326.
-    * ``asyncio-wait-for`` (2 s around the call's work): asyncpg CLEAN at about
-      4.2 s. psycopg REPRODUCED ``stall-ended-late``: ``TimeoutError`` only after
-      about 12 s, as the worker log shows: "query cancellation failed:
+      (``Connection._cancel``); asyncpg#1326 reports that path unbounded in 0.31.
+    * ``asyncio-wait-for`` (2 s around the call's work): asyncpg CLEAN at 4.1-4.5
+      s. psycopg REPRODUCED ``stall-ended-late``: ``TimeoutError`` only after
+      12.2-12.6 s, as the worker log shows: "query cancellation failed:
       cancellation timeout expired" (5 s: the cancel connection goes into the
       same blackhole), then "query not terminated after cancellation: closing
       connection" (5 s more).
-    * ``soft-time-limit`` (3 s soft, 18 s hard): asyncpg CLEAN, at about 5 s
+    * ``soft-time-limit`` (3 s soft, 18 s hard): asyncpg CLEAN, at 5.1 s
       (``asyncio.run()`` cancels the task, the same close path as above);
-      psycopg REPRODUCED ``stall-ended-late`` at about 13 s (3 s, then the same
+      psycopg REPRODUCED ``stall-ended-late`` at 13.1-13.5 s (3 s, then the same
       5 s + 5 s cancellation path). A soft limit is only as prompt as the
       driver's cancellation.
     * ``keepalives`` (psycopg: idle 1 s, interval 1 s, count 2,
@@ -103,18 +104,19 @@ per call unless noted)
       proxy's) is alive. They guard against a dead host, not a stalled path.
     * ``statement-timeout`` (2 s, set at connect): REPRODUCED
       ``hard-time-limit`` on both. The query never reached the server, so
-      there is nothing to time out; had it arrived, its cancellation error would
-      have gone into the same blackhole. It protects the server, never the client.
+      there is nothing to time out. Had it arrived, the server would cancel it,
+      but the error would travel the same stalled path (not a variant here):
+      it protects the server, not the client.
     * ``idle-pooled-no-timeouts`` and ``idle-pooled-pre-ping``: REPRODUCED
       ``hard-time-limit`` on both drivers: the pre-ping's own round trip goes
       into the blackhole and waits with no bound. ``pool_pre_ping`` detects a
       closed connection, not a silent one.
       ``idle-pooled-pre-ping-command-timeout`` (asyncpg): CLEAN, the ping
-      times out at about 4.3 s (``command_timeout`` covers it too).
+      times out, 4.2-4.6 s (``command_timeout`` covers it too).
     * ``connect-no-timeouts``: REPRODUCED ``hard-time-limit`` on both (asyncpg's
       default connect timeout is 60 s, libpq's none). ``connect-timeout``
       (asyncpg ``timeout=2``, libpq ``connect_timeout=2``): CLEAN on both, at
-      about 2.4 s: ``TimeoutError`` / ``psycopg.errors.ConnectionTimeout``.
+      2.2-2.8 s: ``TimeoutError`` / ``psycopg.errors.ConnectionTimeout``.
     * Is the query still running on the server afterwards? No, in every
       variant: the marked query never appears in ``pg_stat_activity``
       (``marked_query`` is empty), because every stall here starts before it
