@@ -16,6 +16,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -146,11 +147,24 @@ class ManagedProcess:
                 code = self.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 code = None
-            wait_for(lambda: not live_group_members(self.popen.pid), timeout_s=5)
+            if not wait_for(lambda: not live_group_members(self.popen.pid), timeout_s=5):
+                self._kill_survivors()
             return code
         finally:
             _LIVE.discard(self)
             self._log.close()
+
+    def _kill_survivors(self) -> None:
+        """Members of the group still alive 5 s after its SIGKILL: kill each by pid, and
+        say so if any still stands, rather than leave it silently."""
+        for pid in live_group_members(self.popen.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not wait_for(lambda: not live_group_members(self.popen.pid), timeout_s=5):
+            print(f"harness: processes {live_group_members(self.popen.pid)} of "
+                  f"{' '.join(self.argv[:3])} survived SIGKILL; see ps", file=sys.stderr)
 
     def _signal_group(self, sig: int) -> None:
         try:

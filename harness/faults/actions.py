@@ -178,7 +178,13 @@ def continue_child(t: Target) -> str:
         os.kill(t.pid, signal.SIGCONT)
     except ProcessLookupError:
         return f"pool process {t.pid} is gone; nothing to continue"
-    return f"pool process {t.pid} continued (SIGCONT)"
+    pid = t.pid
+    # Seen from outside, like the faults: the record says what happened, not what was meant.
+    going = wait_for(lambda: (s := procinfo.stat(pid)) is None or s.state != "T",
+                     timeout_s=SIGNAL_WAIT_S)
+    if not going:
+        raise FaultFailed(f"pool process {pid} got SIGCONT but {going.explain('leave state T')}")
+    return f"pool process {pid} continued (SIGCONT)"
 
 
 # --- the fault proxy ----------------------------------------------------------------
