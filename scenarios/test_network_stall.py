@@ -73,15 +73,15 @@ What maintainers and docs recommend
       clean up; ``time_limit`` kills the process.
 
 What really happens (SQLAlchemy 2.1.9, Celery 5.7.0, asyncpg 0.32.0, psycopg
-3.3.9 with its bundled libpq 18, Python 3.11.7, PostgreSQL 15; ``asyncio.run()``
-per call unless noted; five runs, the same outcome word in every cell, times
-are the range seen)
+3.3.9 with its bundled libpq 18, Python 3.11.7, PostgreSQL 15.18 local and 15.20
+in Docker; ``asyncio.run()`` per call unless noted; eleven runs, five local and six
+Docker, the same outcome word in every cell, times are the range seen)
     * ``no-timeouts``: REPRODUCED ``hard-time-limit`` on both drivers: the
       call hangs 18 s, then Celery kills the process. ``no-limits-at-all``:
       the call hangs for the whole 25 s bound (OTHER_FAILURE); meanwhile the
       server session sits "idle in transaction" after ``select 1``, waiting for
       the client as the client waits for the server.
-    * ``command-timeout`` (asyncpg, 2 s): CLEAN, ``TimeoutError`` 4.2-4.3 s
+    * ``command-timeout`` (asyncpg, 2 s): CLEAN, ``TimeoutError`` 4.2-4.4 s
       after the call began, about twice the setting. The extra 2 s match
       SQLAlchemy 2.1 closing the invalidated asyncpg connection gracefully with
       ``close(timeout=2)`` before terminating it (``_terminate_graceful_close``);
@@ -89,13 +89,13 @@ are the range seen)
       (``Connection._cancel``); asyncpg#1326 reports that path unbounded in 0.31.
     * ``asyncio-wait-for`` (2 s around the call's work): asyncpg CLEAN at 4.1-4.5
       s. psycopg REPRODUCED ``stall-ended-late``: ``TimeoutError`` only after
-      12.2-12.6 s, as the worker log shows: "query cancellation failed:
+      12.2-12.9 s, as the worker log shows: "query cancellation failed:
       cancellation timeout expired" (5 s: the cancel connection goes into the
       same blackhole), then "query not terminated after cancellation: closing
       connection" (5 s more).
-    * ``soft-time-limit`` (3 s soft, 18 s hard): asyncpg CLEAN, at 5.1 s
+    * ``soft-time-limit`` (3 s soft, 18 s hard): asyncpg CLEAN, at 5.1-5.2 s
       (``asyncio.run()`` cancels the task, the same close path as above);
-      psycopg REPRODUCED ``stall-ended-late`` at 13.1-13.5 s (3 s, then the same
+      psycopg REPRODUCED ``stall-ended-late`` at 13.1-13.7 s (3 s, then the same
       5 s + 5 s cancellation path). A soft limit is only as prompt as the
       driver's cancellation.
     * ``keepalives`` (psycopg: idle 1 s, interval 1 s, count 2,
@@ -116,7 +116,7 @@ are the range seen)
     * ``connect-no-timeouts``: REPRODUCED ``hard-time-limit`` on both (asyncpg's
       default connect timeout is 60 s, libpq's none). ``connect-timeout``
       (asyncpg ``timeout=2``, libpq ``connect_timeout=2``): CLEAN on both, at
-      2.2-2.8 s: ``TimeoutError`` / ``psycopg.errors.ConnectionTimeout``.
+      2.2-3.0 s: ``TimeoutError`` / ``psycopg.errors.ConnectionTimeout``.
     * Is the query still running on the server afterwards? No, in every
       variant: the marked query never appears in ``pg_stat_activity``
       (``marked_query`` is empty), because every stall here starts before it
