@@ -207,7 +207,8 @@ SCENARIO = Scenario(
     signatures=(STALL_ENDED_LATE, sig.HARD_TIME_LIMIT, sig.HARD_TIME_LIMIT_SIGTERM),
     claim=Claim(error="(not from the article: a call that hangs, with no error)",
                 fix="asyncpg command_timeout (the default timeout for operations)",
-                signature=None, bad="no-timeouts", fixed="command-timeout"),
+                signature=None, bad="no-timeouts", fixed="command-timeout",
+                source="asyncpg's documentation"),
     # Is the call's query still on the server (by state), and what else is connected.
     inspect_sql={
         "marked_query": "select state, count(*) from pg_stat_activity "
