@@ -14,12 +14,7 @@ change once uploaded.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +23,9 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from harness.errors import HarnessError
 from harness.matrix.index import ALSO_NEEDS
 from harness.matrix.pairwise import Pair
-from harness.matrix.resolution import INDEX_TIMEOUT_S, _file_version
+from harness.matrix.resolution import SimpleIndex, _file_version
 
 # The platform every environment runs on (host or container): Linux on x86-64.
 PLATFORM = re.compile(r"manylinux.*x86_64|linux_x86_64|^any$")
@@ -79,14 +73,7 @@ class IndexPythonSupport:
     """``forbidden(axes)``: the python x package pairs the index says cannot install."""
 
     def __init__(self, index_url: str, cache_file: Path, cafile: str | None = None) -> None:
-        self.index_url = index_url.rstrip("/")
-        self.cache_file = cache_file
-        self.context = ssl.create_default_context(cafile=cafile)
-        try:
-            self._cache: dict[str, bool] = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            self._cache = {}
-        self._files: dict[str, list[Mapping[str, Any]]] = {}
+        self.index = SimpleIndex(index_url, cache_file, cafile)
 
     def forbidden(self, axes: Mapping[str, list[str]]) -> list[Pair]:
         found = []
@@ -99,28 +86,10 @@ class IndexPythonSupport:
         return found
 
     def supported(self, package: str, version: str, python: str) -> bool:
-        key = f"{self.index_url} {canonicalize_name(package)}=={version} py{python}"
-        if key not in self._cache:
-            self._cache[key] = supports(self._list(package), version, python)
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._cache, indent=0, sort_keys=True))
-            os.replace(tmp, self.cache_file)
-        return self._cache[key]
+        key = f"{self.index.url} {canonicalize_name(package)}=={version} py{python}"
+        return bool(self.index.remember(key, lambda: supports(self._list(package), version,
+                                                              python)))
 
     def _list(self, package: str) -> list[Mapping[str, Any]]:
-        if package not in self._files:
-            url = f"{self.index_url}/{canonicalize_name(package)}/"
-            request = urllib.request.Request(
-                url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-            try:
-                with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_S,
-                                            context=self.context) as response:
-                    self._files[package] = json.loads(response.read()).get("files", [])
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise HarnessError(
-                    f"Expected the package index {self.index_url} to list {package}'s files "
-                    f"(GET {url}, JSON simple API) to know which Python lines each release "
-                    f"installs on, but the request failed: {exc}. Check the network, or "
-                    f"plan one axis at a time (no --pairwise).") from exc
-        return self._files[package]
+        return self.index.files(package, "list its files, to know which Python lines each "
+                                "release installs on", "plan one axis at a time (no --pairwise)")

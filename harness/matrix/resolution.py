@@ -47,8 +47,13 @@ from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name,
-                             parse_sdist_filename, parse_wheel_filename)
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 from packaging.version import InvalidVersion, Version
 
 from harness.errors import ConfigError, HarnessError
@@ -133,6 +138,59 @@ def _file_version(filename: str) -> Version | None:
         return None
 
 
+class SimpleIndex:
+    """The index's JSON simple API (PEP 691), with a file of answers kept across runs.
+
+    Args:
+        index_url: the simple index (``https://pypi.org/simple``); only http(s).
+        cache_file: where answers are kept (one JSON object): what a release's files
+            say never changes once uploaded.
+        cafile: the CA bundle for HTTPS (pip's ``cert``), else the system's.
+    """
+
+    def __init__(self, index_url: str, cache_file: Path, cafile: str | None = None) -> None:
+        self.url = index_url.rstrip("/")
+        self.cache_file = cache_file
+        self.context = ssl.create_default_context(cafile=cafile)
+        try:
+            self._cache: dict[str, Any] = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            self._cache = {}
+        self._files: dict[str, list[dict[str, Any]]] = {}
+
+    def remember(self, key: str, answer: Callable[[], Any]) -> Any:
+        """The cached answer for ``key``, else ``answer()``, written to the file first."""
+        if key not in self._cache:
+            self._cache[key] = answer()
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._cache, indent=0, sort_keys=True))
+            os.replace(tmp, self.cache_file)
+        return self._cache[key]
+
+    def files(self, package: str, why: str, instead: str) -> list[dict[str, Any]]:
+        """Every file of ``package`` on the index (asked once per process).
+
+        Raises:
+            HarnessError: the index did not answer; ``why`` says what the answer was
+                for, ``instead`` what the user can do without it.
+        """
+        if package not in self._files:
+            url = f"{self.url}/{canonicalize_name(package)}/"
+            request = urllib.request.Request(
+                url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+            try:
+                with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_S,
+                                            context=self.context) as response:
+                    self._files[package] = json.loads(response.read()).get("files", [])
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                raise HarnessError(
+                    f"Expected the package index {self.url} to {why} (GET {url}, JSON simple "
+                    f"API), but the request failed: {exc}. Check the network, or "
+                    f"{instead}.") from exc
+        return self._files[package]
+
+
 class IndexUploadTimes:
     """First upload time of a release, from the index's JSON simple API, cached in a file.
 
@@ -143,38 +201,17 @@ class IndexUploadTimes:
     """
 
     def __init__(self, index_url: str, cache_file: Path, cafile: str | None = None) -> None:
-        self.index_url = index_url.rstrip("/")
-        self.cache_file = cache_file
-        self.context = ssl.create_default_context(cafile=cafile)
-        try:
-            self._cache: dict[str, str] = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            self._cache = {}
+        self.index = SimpleIndex(index_url, cache_file, cafile)
+        self.index_url = self.index.url
 
     def __call__(self, package: str, version: str) -> dt.datetime:
         key = f"{self.index_url} {canonicalize_name(package)}=={version}"
-        if key not in self._cache:
-            self._cache[key] = _iso(self._ask(package, version))
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._cache, indent=0, sort_keys=True))
-            os.replace(tmp, self.cache_file)
-        return _parse_time(self._cache[key])
+        return _parse_time(self.index.remember(key, lambda: _iso(self._ask(package, version))))
 
     def _ask(self, package: str, version: str) -> dt.datetime:
-        url = f"{self.index_url}/{canonicalize_name(package)}/"
-        request = urllib.request.Request(
-            url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-        try:
-            with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_S,
-                                        context=self.context) as response:
-                files = json.loads(response.read()).get("files", [])
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise HarnessError(
-                f"Expected the package index {self.index_url} to say when {package} {version} "
-                f"was uploaded (GET {url}, JSON simple API), but the request failed: {exc}. "
-                f"Check the network, or run with --resolve latest (today's resolution, no "
-                f"dates needed).") from exc
+        files = self.index.files(
+            package, f"say when {package} {version} was uploaded",
+            "run with --resolve latest (today's resolution, no dates needed)")
         wanted = Version(version)
         times = [_parse_time(f["upload-time"]) for f in files
                  if f.get("upload-time") and _file_version(f.get("filename", "")) == wanted]
