@@ -184,6 +184,9 @@ class StackSpec:
     max_connections: int = 100
     pgbouncer_pool_size: int = 20
     max_prepared_statements: int | None = None  # needs PgBouncer >= 1.21
+    # More pgbouncer.ini settings, (key, value) pairs that replace the harness's own:
+    # (("query_wait_timeout", "2"), ("ignore_startup_parameters", "extra_float_digits")).
+    pgbouncer_config: tuple[tuple[str, str], ...] = ()
     # A fault proxy (harness/faults/proxy.py) between the worker and the database (or
     # PgBouncer), started for each variant run: the proxy-* faults act on it.
     proxy: bool = False

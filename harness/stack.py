@@ -86,7 +86,7 @@ class StackPool:
         self._exit = ExitStack()
         self._redis: Any | None = None
         self._postgres: dict[int, Any] = {}
-        self._pgbouncer: dict[tuple[int, int, int | None], Any] = {}
+        self._pgbouncer: dict[tuple[Any, ...], Any] = {}
 
     def get(self, spec: StackSpec) -> Stack:
         self._forget_dead()
@@ -99,12 +99,14 @@ class StackPool:
             self._postgres[spec.max_connections] = postgres
         pgbouncer = None
         if spec.pgbouncer:
-            key = (spec.max_connections, spec.pgbouncer_pool_size, spec.max_prepared_statements)
+            key = (spec.max_connections, spec.pgbouncer_pool_size, spec.max_prepared_statements,
+                   spec.pgbouncer_config)
             pgbouncer = self._pgbouncer.get(key)
             if pgbouncer is None:
                 pgbouncer = self._exit.enter_context(self.backend.pgbouncer(postgres, PgBouncerSettings(
                     default_pool_size=spec.pgbouncer_pool_size,
-                    max_prepared_statements=spec.max_prepared_statements)))
+                    max_prepared_statements=spec.max_prepared_statements,
+                    extra=spec.pgbouncer_config)))
                 self._pgbouncer[key] = pgbouncer
         return Stack(spec, postgres, pgbouncer, self._redis, self.backend.name)
 

@@ -124,3 +124,26 @@ def test_services_die_with_the_harness_even_on_sigkill(tmp_path: Path):
     finally:
         owner.kill()
         base.remove_tree(Path(folder))  # the killed owner could not remove its temp dir
+
+
+def test_extra_pgbouncer_settings_replace_the_harness_lines():
+    from harness.services.pgbouncer import PgBouncerSettings, pgbouncer_ini
+
+    ini = pgbouncer_ini(
+        PgBouncerSettings(extra=(("query_wait_timeout", "2"),
+                                 ("ignore_startup_parameters", "extra_float_digits"))),
+        server=("127.0.0.1", 5432), listen=("127.0.0.1", 6432), auth_file="/x", admin_user="u")
+    lines = ini.splitlines()
+    assert "query_wait_timeout = 2" in lines
+    assert [line for line in lines if line.startswith("ignore_startup_parameters")] == [
+        "ignore_startup_parameters = extra_float_digits"]
+
+
+def test_a_pgbouncer_setting_that_is_not_one_line_is_refused():
+    from harness.errors import ConfigError
+    from harness.services.pgbouncer import PgBouncerSettings, pgbouncer_ini
+
+    with pytest.raises(ConfigError, match="cannot be written to pgbouncer.ini"):
+        pgbouncer_ini(PgBouncerSettings(extra=(("auth_file", "/x\nadmin_users = *"),)),
+                      server=("127.0.0.1", 5432), listen=("127.0.0.1", 6432),
+                      auth_file="/x", admin_user="u")

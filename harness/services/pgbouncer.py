@@ -6,6 +6,7 @@ prove a real query passes through it, and remove every trace on stop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import psycopg
 
 from harness import environment
 from harness._process import ManagedProcess
+from harness.errors import ConfigError
 from harness.services.base import LOOPBACK, find_binary, service_user, write_private
 from harness.services.local import LocalService
 from harness.services.postgres import LocalPostgres
@@ -25,6 +27,9 @@ class PgBouncerSettings:
     max_client_conn: int = 1000
     # PgBouncer >= 1.21 only; 1.18 refuses to start with this key set. None: leave it out.
     max_prepared_statements: int | None = None
+    # More pgbouncer.ini settings of the [pgbouncer] section, as (key, value) pairs; a key
+    # given here replaces the harness's own line (ignore_startup_parameters, ...).
+    extra: tuple[tuple[str, str], ...] = ()
     port: int | None = None
     start_timeout_s: float = 15.0
 
@@ -38,26 +43,40 @@ def pgbouncer_ini(settings: PgBouncerSettings, *, server: tuple[str, int],
     ``admin_user`` may use the admin console (``pgbouncer`` database), where the
     fault layer sends RECONNECT, KILL, PAUSE and RESUME.
     """
-    lines = [
-        "[databases]",
-        f"* = host={server[0]} port={server[1]}",
-        "[pgbouncer]",
-        f"listen_addr = {listen[0]}",
-        f"listen_port = {listen[1]}",
-        "unix_socket_dir =",
-        "auth_type = scram-sha-256",
-        f"auth_file = {auth_file}",
-        f"admin_users = {admin_user}",
-        f"pool_mode = {settings.pool_mode}",
-        f"default_pool_size = {settings.default_pool_size}",
-        f"max_client_conn = {settings.max_client_conn}",
+    settings_lines = {
+        "listen_addr": listen[0],
+        "listen_port": str(listen[1]),
+        "unix_socket_dir": "",
+        "auth_type": "scram-sha-256",
+        "auth_file": auth_file,
+        "admin_users": admin_user,
+        "pool_mode": settings.pool_mode,
+        "default_pool_size": str(settings.default_pool_size),
+        "max_client_conn": str(settings.max_client_conn),
         # Drivers send these at start-up; PgBouncer refuses unknown ones otherwise.
-        "ignore_startup_parameters = extra_float_digits,options",
-        "server_check_delay = 0",
-    ]
+        "ignore_startup_parameters": "extra_float_digits,options",
+        "server_check_delay": "0",
+    }
     if settings.max_prepared_statements is not None:  # 1.18 refuses to start with this key
-        lines.append(f"max_prepared_statements = {settings.max_prepared_statements}")
+        settings_lines["max_prepared_statements"] = str(settings.max_prepared_statements)
+    for key, value in settings.extra:
+        check_ini_setting(key, value)
+        settings_lines[key] = value
+    lines = ["[databases]", f"* = host={server[0]} port={server[1]}", "[pgbouncer]"]
+    lines += [f"{key} = {value}".rstrip() for key, value in settings_lines.items()]
     return "\n".join(lines) + "\n"
+
+
+_INI_KEY = re.compile(r"[a-z_]+")
+
+
+def check_ini_setting(key: str, value: str) -> None:
+    """Refuse a setting that would not be one line of pgbouncer.ini."""
+    if not _INI_KEY.fullmatch(key) or any(c in value for c in "\r\n"):
+        raise ConfigError(
+            f"The PgBouncer setting {key!r} = {value!r} cannot be written to pgbouncer.ini: a "
+            f"key is lower-case letters and underscores, a value one line. Fix the scenario's "
+            f"StackSpec(pgbouncer_config=...).")
 
 
 def admin_command(host: str, port: int, postgres: LocalPostgres, command: str) -> None:
