@@ -12,11 +12,13 @@ from the pytest plugin's signal handlers) stops whatever is still alive.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,28 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # not Linux / no glibc: the atexit and signal paths still apply
         pass
+
+
+_SPAWNER: concurrent.futures.ThreadPoolExecutor | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _from_a_lasting_thread(start: Callable[[], subprocess.Popen]) -> subprocess.Popen:
+    """Start a child from a thread that lives as long as the harness.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the
+    process: a service a fault restarts from a short-lived thread (the cue
+    listener's) would be SIGKILLed when that thread ends. The main thread lasts;
+    any other thread hands the start to one spawner thread that does too.
+    """
+    global _SPAWNER
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="harness-spawner")
+    return _SPAWNER.submit(start).result()
 
 
 class StartStop:
@@ -102,7 +126,7 @@ class ManagedProcess:
         self.log_path = log_path
         self.stop_signal = stop_signal
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
+        self.popen = _from_a_lasting_thread(lambda: subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -112,7 +136,7 @@ class ManagedProcess:
             user=user if (user and os.geteuid() == 0) else None,
             start_new_session=True,  # Ctrl-C in the terminal reaches the harness, not this child
             preexec_fn=_die_with_parent,
-        )
+        ))
         _LIVE.add(self)
 
     @property

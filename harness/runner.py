@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import environment, logscan
+from harness.call_trace import trace
 from harness.errors import HarnessError
 from harness.faults.actions import Target
 from harness.faults.injector import FaultInjector
@@ -146,6 +147,8 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                                   extra_args=workload.worker_args)
             with worker:
                 run.worker_start_s = worker.start_s
+                # Read now: a fault may restart Redis, where the app published them.
+                run.knobs = worker.knobs()
                 injector = fault_layer.enter_context(FaultInjector(
                     workload.faults, Target(stack, dbname, worker.pid, proxy),
                     redis_client=worker.client.backend.client, queue=settings.queue))
@@ -154,7 +157,9 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                                    calls=workload.calls, timeout_s=workload.timeout_s,
                                    kwargs=workload.kwargs, check_ran=workload.check_ran,
                                    ignore_result=workload.ignore_result,
-                                   after_calls=injector.after_calls())
+                                   after_calls=injector.after_calls(),
+                                   later=((workload.calls_after_faults, injector.settled)
+                                          if workload.calls_after_faults else None))
                 run.run_s = time.monotonic() - began
                 # Heal before the database is read: a stopped process or a paused
                 # PgBouncer must not hide rows or sessions from the inspection.
@@ -168,7 +173,13 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                     return run
                 run.db = _inspect(stack, dbname, scenario)
                 run.counters = worker.counters()
-                run.knobs = worker.knobs()
+                if workload.runs_sql:
+                    traced = trace(calls, stack.postgres.execute(workload.runs_sql, dbname),
+                                   sent_before=workload.calls,
+                                   later_sent_at=worker.later_sent_at)
+                    calls = traced.calls
+                    if traced.resume_ms is not None:
+                        run.counters["resume-ms"] = traced.resume_ms
                 # Every call is collected or counted hung and the database is read:
                 # nothing is left to observe, so the worker gets SIGKILL at once. A warm
                 # shutdown would cost 1.3 s per variant and could itself hang.

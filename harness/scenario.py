@@ -218,6 +218,16 @@ class Workload:
             at work from the start, not one process taking every call.
         faults: faults fired on cue while the calls run, each healed by the end
             of the variant (:mod:`harness.faults`).
+        calls_after_faults: more calls, sent once every fault has fired (and healed,
+            when it heals on a timer): do they run, and how soon? Their tokens follow
+            the workload's (indexes ``calls`` and up). Needs ``faults``.
+        runs_sql: a query on the run's database giving one row ``(token,
+            started_epoch_s)`` per run of a task body (the task records them). With
+            it, a call that hung and never ran is ``call-lost`` (sent before the
+            faults) or ``not-consumed`` (sent after them), and the counter
+            ``resume-ms`` says how long after the later calls were sent the first
+            of them started. For faults that lose what the broker held, where
+            Redis (and every result in it) cannot be the witness.
     """
 
     task: str
@@ -230,6 +240,13 @@ class Workload:
     ignore_result: bool = False
     start_together: bool = False
     faults: tuple[Fault, ...] = ()
+    calls_after_faults: int = 0
+    runs_sql: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.calls_after_faults and not self.faults:
+            raise ValueError("Workload(calls_after_faults=...) needs faults: the calls are "
+                             "sent once the faults have fired")
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,23 @@ BODY_NEVER_RAN_RECORD = ErrorRecord(chain=(ExceptionInfo(
     "harness.BodyNeverRan", ("harness.BodyNeverRan",),
     "Celery reported the task as done, but the task body never left its side effect"),))
 
+CALL_LOST = Signature(
+    "call-lost", "harness.CallLost",
+    description="A call sent before a fault never ran: its message was lost with what the "
+                "broker held (the task's own record of its runs has no row for it).")
+CALL_LOST_RECORD = ErrorRecord(chain=(ExceptionInfo(
+    "harness.CallLost", ("harness.CallLost",),
+    "the call was sent before the fault, no run of its body was recorded, and nothing was "
+    "reported for it by the deadline: its message was lost"),))
+NOT_CONSUMED = Signature(
+    "not-consumed", "harness.NotConsumed",
+    description="A call sent after the fault (the broker answering again) never ran: the "
+                "worker did not consume again before the deadline.")
+NOT_CONSUMED_RECORD = ErrorRecord(chain=(ExceptionInfo(
+    "harness.NotConsumed", ("harness.NotConsumed",),
+    "the call was sent after the fault, with the broker answering again, and no run of its "
+    "body was recorded by the deadline: the worker did not consume it"),))
+
 CATALOGUE: dict[str, Signature] = {
     s.name: s for s in [
         LOOP_CLOSED, FUTURE_OTHER_LOOP, ASYNCPG_ANOTHER_OPERATION, ASYNCPG_CONNECTION_CLOSED,
@@ -256,6 +273,6 @@ CATALOGUE: dict[str, Signature] = {
         ASYNCPG_FOREIGN_TRANSACTION, PSYCOPG_RESULT_MISMATCH,
         COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
         IMPLICIT_LOOP_DEPRECATED,
-        LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM,
+        LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM, CALL_LOST, NOT_CONSUMED,
     ]
 }

@@ -24,6 +24,7 @@ from celery.result import AsyncResult
 from harness import scratch
 from harness._process import ManagedProcess, StartStop, Waited, tail, wait_for
 from harness.errors import WorkerStartError
+from harness.faults.cues import RIDE_OUT_S, with_reconnect
 from harness.outcome import CallResult, CallStatus, never_ran
 from harness.signatures import ErrorRecord, ExceptionInfo, public_name
 from harness.task_support import (
@@ -70,6 +71,7 @@ class CeleryWorker(StartStop):
         self._tmp: Path | None = None
         self._log_start = 0
         self.log_size_at_stop: int | None = None
+        self.later_sent_at: float | None = None
         self.client = Celery("harness-client", broker=self.settings.broker_url,
                              backend=self.settings.broker_url, set_as_current=False)
         self.client.conf.update(task_serializer="json", result_serializer="json",
@@ -180,7 +182,8 @@ class CeleryWorker(StartStop):
     def run(self, task: str, *, calls: int, timeout_s: float,
             kwargs: Mapping[str, Any] | None = None, check_ran: bool = False,
             ignore_result: bool = False,
-            after_calls: Mapping[int, Callable[[], None]] | None = None) -> list[CallResult]:
+            after_calls: Mapping[int, Callable[[], None]] | None = None,
+            later: tuple[int, Callable[[], bool]] | None = None) -> list[CallResult]:
         """Send ``calls`` calls of ``task`` and wait for all of them, at most ``timeout_s``.
 
         Each call gets a unique token as its first argument and must return it
@@ -189,6 +192,9 @@ class CeleryWorker(StartStop):
         body left no ``mark_ran`` side effect is NOT_RUN. ``after_calls`` maps ``k``
         to a hook run once the first ``k`` calls have finished and before the next
         is sent (a fault's cue): the calls then go in batches, all within one deadline.
+        ``later`` is ``(n, ready)``: once the ``calls`` are sent, wait until ``ready()``
+        (every fault fired), then send ``n`` more; :attr:`later_sent_at` is the wall
+        time they went.
         """
         prefix = uuid.uuid4().hex[:8]
         deadline = time.monotonic() + timeout_s
@@ -208,6 +214,15 @@ class CeleryWorker(StartStop):
             result = self.client.send_task(task, args=[token], kwargs=dict(kwargs or {}),
                                            queue=self.settings.queue)
             sent.append((token, result))
+
+        if later is not None:
+            more, ready = later
+            wait_for(ready, timeout_s=max(0.0, deadline - time.monotonic()), interval_s=POLL_S)
+            self.later_sent_at = time.time()
+            for i in range(calls, calls + more):
+                token = call_token(prefix, i)
+                sent.append((token, self.client.send_task(
+                    task, args=[token], kwargs=dict(kwargs or {}), queue=self.settings.queue)))
 
         # Not bounded by the worker's life: a call a dead pool process held is HUNG.
         wait_for(lambda: self._all_finished(sent, finished, ignore_result),
@@ -239,12 +254,18 @@ class CeleryWorker(StartStop):
         """The run's ``task_support.count`` counters."""
         prefix = COUNTER_KEY.format(queue=self.settings.queue, name="")
         redis = self.client.backend.client
-        return {key.decode()[len(prefix):]: int(redis.get(key) or 0)
-                for key in redis.scan_iter(match=prefix + "*")}
+
+        def read() -> dict[str, int]:
+            return {key.decode()[len(prefix):]: int(redis.get(key) or 0)
+                    for key in redis.scan_iter(match=prefix + "*")}
+        # A Redis restart (a fault) leaves the client one broken connection to drop.
+        return with_reconnect(read, timeout_s=RIDE_OUT_S)
 
     def knobs(self) -> dict[str, Any]:
         """The knobs in force, as the app published them at import ({} if it never did)."""
-        raw = self.client.backend.client.get(KNOBS_KEY.format(queue=self.settings.queue))
+        redis = self.client.backend.client
+        raw = with_reconnect(lambda: redis.get(KNOBS_KEY.format(queue=self.settings.queue)),
+                             timeout_s=RIDE_OUT_S)
         return json.loads(raw) if raw else {}
 
     def _ran(self, token: str) -> bool:
@@ -267,7 +288,7 @@ class CeleryWorker(StartStop):
         redis = self.client.backend.client
         key = FAILURE_KEY.format(task_id=result.id)
         # The task_failure fallback path writes after the state is stored: give it a moment.
-        raw = redis.get(key)
+        raw = with_reconnect(lambda: redis.get(key), timeout_s=RIDE_OUT_S)
         if raw is None and wait_for(lambda: redis.exists(key), timeout_s=1.0):
             raw = redis.get(key)
         if raw:

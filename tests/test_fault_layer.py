@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -232,6 +233,42 @@ def test_a_task_waits_at_its_cue_and_the_fault_lands_there(make_worker):
     assert "WorkerLostError" in lost.error.chain[0].type
 
 
+def test_calls_after_faults_go_once_every_fault_fired(make_worker):
+    """later=(2, settled): two more calls, sent after the kill at 'midway', both run."""
+    worker = make_worker(cue_points=("midway",), concurrency=2)
+    with worker:
+        injector = FaultInjector([Fault("kill-child", at_point("midway"))],
+                                 Target(None, "", worker.pid),
+                                 redis_client=worker.client.backend.client,
+                                 queue=worker.settings.queue)
+        sent_before = time.time()
+        with injector:
+            calls = worker.run("tests.apps.lifecycle.reach_then_echo", calls=2, timeout_s=30,
+                               later=(2, injector.settled))
+    assert not injector.problems()
+    assert [c.token.rsplit("-", 1)[1] for c in calls] == ["000", "001", "002", "003"]
+    assert worker.later_sent_at is not None and worker.later_sent_at >= sent_before
+    assert [c.status for c in calls[2:]] == [CallStatus.OK, CallStatus.OK], calls
+
+
+def test_a_task_waiting_at_its_cue_rides_out_a_redis_restart(make_worker, redis_service):
+    """The fault restarts the Redis the cue goes through: the task's wait and the
+    harness's answer both reconnect, and the call finishes."""
+    worker = make_worker(cue_points=("midway",), concurrency=1)
+    with worker:
+        stack = SimpleNamespace(redis=redis_service, backend="local")
+        injector = FaultInjector([Fault("restart-redis", at_point("midway"))],
+                                 Target(stack, "", worker.pid),
+                                 redis_client=worker.client.backend.client,
+                                 queue=worker.settings.queue)
+        with injector:
+            calls = worker.run("tests.apps.lifecycle.reach_then_echo", calls=1, timeout_s=30,
+                               ignore_result=True)
+    assert not injector.problems(), injector.problems()
+    assert injector.to_result()[0]["fired"].startswith("Redis restarted")
+    assert [c.status for c in calls] == [CallStatus.OK], worker.log_tail()
+
+
 def test_a_point_no_fault_listens_for_does_not_wait(make_worker):
     with make_worker() as worker:
         calls = worker.run("tests.apps.lifecycle.reach_then_echo", calls=2, timeout_s=15)
@@ -308,4 +345,18 @@ def test_a_redis_restart_keeps_the_port_and_drops_every_key(redis_service):
     assert said.startswith(f"Redis restarted on port {port}")
     assert heal(Target(stack, "", 0)) == "Redis answers"
     assert redis_service.port == port and redis_service.alive()
+    assert redis_service.client().get("queued") is None
+
+
+def test_a_persisted_redis_restart_keeps_the_keys_and_forgets_the_snapshot(redis_service):
+    client = redis_service.client()
+    client.set("queued", "call")
+    stack = SimpleNamespace(redis=redis_service, backend="local")
+    fire, _ = actions.FIRE_AND_HEAL["restart-redis-persisted"]
+    said = fire(Target(stack, "", 0))
+    assert "keys in db 0 kept" in said, said
+    assert redis_service.client().get("queued") == b"call"
+    # The snapshot is gone: the next plain restart keeps nothing, as it says.
+    fire, _ = actions.FIRE_AND_HEAL["restart-redis"]
+    fire(Target(stack, "", 0))
     assert redis_service.client().get("queued") is None

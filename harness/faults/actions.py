@@ -94,16 +94,36 @@ def restart_postgres_immediate(t: Target) -> str:
 
 
 def restart_redis(t: Target) -> str:
+    return _restart_redis(t, keep_data=False)
+
+
+def restart_redis_persisted(t: Target) -> str:
+    return _restart_redis(t, keep_data=True)
+
+
+def _restart_redis(t: Target, *, keep_data: bool) -> str:
     redis = t.stack.redis
     restart = getattr(redis, "restart", None)
     if restart is None:
         raise FaultFailed(f"the {t.stack.backend} backend's Redis cannot restart")
-    before = redis.client().info("server")["run_id"]
-    restart()
-    after = redis.client().info("server")["run_id"]
+    client = redis.client()
+    before = client.info("server")["run_id"]
+    keys_before = client.dbsize()
+    restart(keep_data=keep_data)
+    client = redis.client()
+    after = client.info("server")["run_id"]
     if after == before:
         raise FaultFailed("Redis answered with the same run_id after a restart")
-    return f"Redis restarted on port {redis.port}: run_id {after[:12]}, no data kept"
+    keys_after = client.dbsize()
+    if keep_data and keys_after < keys_before:
+        raise FaultFailed(f"Redis came back with {keys_after} keys in db 0, not the "
+                          f"{keys_before} it saved")
+    if not keep_data and keys_after:
+        raise FaultFailed(f"Redis came back with {keys_after} keys in db 0; it should keep "
+                          f"none")
+    kept = f"{keys_after} of {keys_before} keys in db 0 kept" if keep_data else \
+        f"no data kept ({keys_before} keys in db 0 before)"
+    return f"Redis restarted on port {redis.port}: run_id {after[:12]}, {kept}"
 
 
 def wait_redis(t: Target) -> str:
@@ -234,6 +254,7 @@ FIRE_AND_HEAL: dict[str, tuple[Action, Action]] = {
     "restart-postgres": (restart_postgres, wait_postgres),
     "restart-postgres-immediate": (restart_postgres_immediate, wait_postgres),
     "restart-redis": (restart_redis, wait_redis),
+    "restart-redis-persisted": (restart_redis_persisted, wait_redis),
     "pgbouncer-reconnect": (pgbouncer_reconnect, nothing),
     "pgbouncer-kill": (pgbouncer_kill, pgbouncer_resume),
     "pgbouncer-pause": (pgbouncer_pause, pgbouncer_resume),

@@ -24,6 +24,32 @@ CUE_KEY = "harness:cue:{queue}"
 GO_KEY = "harness:cue-go:{queue}:{pid}"
 KEY_TTL_S = 3600
 REACH_TIMEOUT_S = 60.0  # the harness answers in milliseconds; a silent harness is a bug
+# A Redis restart (a fault itself) breaks every open connection once; both sides ride
+# it out by reconnecting for this long before they call Redis gone.
+RIDE_OUT_S = 15.0
+RETRY_PAUSE_S = 0.1
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    import redis  # both sides have redis-py: it is the run's broker client
+
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+
+
+def with_reconnect(action: Callable[[], Any], *, timeout_s: float) -> Any:
+    """Run one Redis command, again after a broken connection, within ``timeout_s``.
+
+    redis-py drops a connection that failed and opens a new one on the next command,
+    so a retry after a restart reaches the new server.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if not _connection_lost(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(RETRY_PAUSE_S)
 
 
 class CueNotAnswered(RuntimeError):
@@ -43,9 +69,17 @@ def reach(app: Any, name: str, *, timeout_s: float = REACH_TIMEOUT_S) -> None:
         return
     client = app.backend.client
     key = CUE_KEY.format(queue=s.queue)
-    client.rpush(key, json.dumps({"point": name, "pid": os.getpid()}))
-    client.expire(key, KEY_TTL_S)
-    if client.blpop([GO_KEY.format(queue=s.queue, pid=os.getpid())], timeout=timeout_s) is None:
+    deadline = time.monotonic() + timeout_s
+    with_reconnect(lambda: client.rpush(key, json.dumps({"point": name, "pid": os.getpid()})),
+                    timeout_s=RIDE_OUT_S)
+    with_reconnect(lambda: client.expire(key, KEY_TTL_S), timeout_s=RIDE_OUT_S)
+    go_key = GO_KEY.format(queue=s.queue, pid=os.getpid())
+    # The fault may restart Redis while this waits: the wait then starts again on the
+    # new server, where the harness puts its answer once the restart is done.
+    answer = with_reconnect(
+        lambda: client.blpop([go_key], timeout=max(1, int(deadline - time.monotonic()))),
+        timeout_s=timeout_s)
+    if answer is None:
         raise CueNotAnswered(f"the harness did not answer cue {name!r} within {timeout_s:g} s")
 
 
@@ -75,11 +109,19 @@ class CueListener:
 
     def _loop(self) -> None:
         key = CUE_KEY.format(queue=self._queue)
+        failing_since: float | None = None
         while not self._stopping.is_set():
             try:
                 item = self._redis.blpop([key], timeout=0.2)
-            except Exception as exc:  # noqa: BLE001 - Redis restarted by a fault, say
-                self.errors.append(f"reading cues: {type(exc).__name__}: {exc}")
+                failing_since = None
+            except Exception as exc:  # noqa: BLE001 - a broken connection, or worse
+                # A Redis restart (a fault) breaks the connection once; a Redis that
+                # stays away, or any other error, makes the run untrustworthy.
+                now = time.monotonic()
+                failing_since = failing_since if failing_since is not None else now
+                if not _connection_lost(exc) or now - failing_since > RIDE_OUT_S:
+                    self.errors.append(f"reading cues: {type(exc).__name__}: {exc}")
+                    failing_since = None
                 time.sleep(0.2)
                 continue
             if item is None:
@@ -90,7 +132,8 @@ class CueListener:
             finally:
                 go = GO_KEY.format(queue=self._queue, pid=cue["pid"])
                 try:
-                    self._redis.rpush(go, "go")
-                    self._redis.expire(go, KEY_TTL_S)
+                    with_reconnect(lambda: self._redis.rpush(go, "go"), timeout_s=RIDE_OUT_S)
+                    with_reconnect(lambda: self._redis.expire(go, KEY_TTL_S),
+                                    timeout_s=RIDE_OUT_S)
                 except Exception as exc:  # noqa: BLE001 - the task then times out and says so
                     self.errors.append(f"answering cue {cue['point']!r}: {exc}")

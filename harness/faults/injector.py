@@ -75,6 +75,13 @@ class FaultInjector:
                 hooks[k] = lambda k=k: self._fire_where(lambda r: r.fault.cue.after_calls == k)
         return hooks
 
+    def settled(self) -> bool:
+        """Every fault has fired, and every fault that heals on a timer has healed."""
+        with self._lock:
+            return all(r.fired_at_s is not None and (
+                r.fault.heal_after_s is None or r.healed_at_s is not None) or r.error
+                for r in self.records)
+
     def problems(self) -> list[str]:
         """Why the run cannot be trusted: faults that did not fire, or failed."""
         found = [f"fault {r.fault.describe()} failed: {r.error}" for r in self.records

@@ -30,6 +30,10 @@ ACTIONS = {
     "restart-redis": "stop Redis (the broker and result backend) and start it on the same "
                      "port; it keeps no data, so queued calls and stored results are gone; "
                      "heal: wait until it answers",
+    "restart-redis-persisted": "the same for a Redis that persists: a snapshot is written "
+                               "at shutdown (as Debian's redis.conf save points do on "
+                               "SIGTERM) and loaded at start, so queued calls survive; heal: "
+                               "wait until it answers",
     "pgbouncer-reconnect": "PgBouncer admin RECONNECT: server connections are closed once "
                            "released; heal: nothing to undo",
     "pgbouncer-kill": "PgBouncer admin KILL of the run's database: every client and server "

@@ -23,7 +23,7 @@ from harness.services.base import generate_password
 from harness.services.docker_container import ContainerService
 from harness.services.pgbouncer import PgBouncerSettings, admin_command, pgbouncer_ini, userlist
 from harness.services.postgres import SUPERUSER, LocalPostgres, PostgresSettings
-from harness.services.redis import LocalRedis
+from harness.services.redis import SNAPSHOT, LocalRedis
 
 _versions: dict[str, str] = {}
 
@@ -195,7 +195,13 @@ class DockerRedis(ContainerService):
         self.version = str(self.client().info("server")["redis_version"])
         self.start_s = time.monotonic() - began
 
-    def restart(self) -> None:
+    def restart(self, keep_data: bool = False) -> None:
         """Restart in the same container on the same port; with no persistence, every
-        queued message and stored result is gone, as after a real Redis restart."""
+        queued message and stored result is gone, as after a real Redis restart.
+        ``keep_data``: snapshot first, load it at start, then delete it (see LocalRedis)."""
+        if keep_data:
+            self.client().save()
         self._restart_in_place("SIGTERM", lambda: self.client().ping(), "PING")
+        wrapped = self._wrapped()
+        if keep_data and wrapped is not None:
+            wrapped.exec_run(["rm", "-f", f"/tmp/{SNAPSHOT}"])

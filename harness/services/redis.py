@@ -21,6 +21,8 @@ from harness.services.base import (
 )
 from harness.services.local import LocalService
 
+SNAPSHOT = "dump.rdb"  # Redis's default dbfilename, in its dir: loaded at start
+
 
 class LocalRedis(LocalService):
     name = "redis"
@@ -49,10 +51,19 @@ class LocalRedis(LocalService):
         return ManagedProcess([find_binary("redis-server", "redis-server"), str(conf)],
                               folder / f"redis-{attempt}.log", user=service_user())
 
-    def restart(self) -> None:
+    def restart(self, keep_data: bool = False) -> None:
         """Restart on the same port (SIGTERM, then start again); with no persistence,
-        every queued message and stored result is gone, as after a real Redis restart."""
+        every queued message and stored result is gone, as after a real Redis restart.
+
+        ``keep_data``: as a Redis with save points does on SIGTERM, write a snapshot
+        first; the new process loads it. The snapshot is then deleted, so a later
+        restart of this Redis keeps nothing again.
+        """
+        if keep_data:
+            self.client().save()
         self._restart(signal.SIGTERM)
+        if keep_data and self._dir is not None:
+            (self._dir / SNAPSHOT).unlink(missing_ok=True)
 
     def _answers(self) -> bool:
         return bool(self.client().ping())
