@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.audit import command as audit_command
 from harness import environment
 from harness.bootstrap import default_workers
 from harness.errors import HarnessError
@@ -207,6 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     # No defaults here: --out and --baseline may stand before 'merge' too (see _axis_parent).
     merge.add_argument("--out", type=Path, default=argparse.SUPPRESS)
     merge.add_argument("--baseline", type=Path, metavar="FILE", default=argparse.SUPPRESS)
+    audit_command.add_parser(sub)
     bench = sub.add_parser(
         "bench", help="measure: fixes (the price of each working fix), overhead, suite, "
         "repeat N (determinism), envs (a matrix environment's build and smoke check, cold "
@@ -314,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(args_in)
     if args.command == "doctor":
         return doctor()
+    if args.command == "audit":  # runs in the user's project, not in the harness's checkout
+        return audit_command.audit_command(args)
     try:
         return _run(args, pytest_extra)
     except HarnessError as exc:

@@ -76,12 +76,16 @@ class VariantRun:
             # What each signature this run met means, for the reader of the report.
             "signature_help": {s.name: s.description for s in self.scenario.signatures
                                if s.name in self.counts.by_signature and s.description},
-            "claim": {"error": self.scenario.claim.error, "fix": self.scenario.claim.fix,
-                      "signature": self.scenario.claim.signature,
-                      "bad": self.scenario.claim.bad, "fixed": self.scenario.claim.fixed,
-                      "bad_fails": self.scenario.claim.bad_fails,
-                      "source": self.scenario.claim.source},
+            "claim": self._claim(),
         }
+
+    def _claim(self) -> dict[str, Any] | None:
+        claim = self.scenario.claim
+        if claim is None:
+            return None
+        return {"error": claim.error, "fix": claim.fix, "signature": claim.signature,
+                "bad": claim.bad, "fixed": claim.fixed, "bad_fails": claim.bad_fails,
+                "source": claim.source}
 
     def failure_message(self) -> str:
         lines = [f"{self.scenario.id} / {self.variant.name} / {self.driver}: expected "

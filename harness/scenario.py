@@ -317,7 +317,7 @@ class Scenario:
         app: import path of the Celery app module the worker runs.
         workload: the calls every variant receives.
         signatures: the failures this scenario looks for, in matching order.
-        claim: the article's claim.
+        claim: the claim tested (the article's, or maintainers'); None for none.
         variants: configurations to run.
         stack: the services and their settings.
         drivers: the drivers to run every variant with.
@@ -330,7 +330,7 @@ class Scenario:
     app: str
     workload: Workload
     signatures: tuple[Signature, ...]
-    claim: Claim
+    claim: Claim | None  # None: no claim is tested (the audit's hazards)
     variants: tuple[Variant, ...]
     stack: StackSpec = field(default_factory=StackSpec)
     drivers: tuple[str, ...] = DRIVERS
@@ -341,7 +341,7 @@ class Scenario:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"scenario {self.id}: variant names repeat: {names}")
-        for name in (self.claim.bad, self.claim.fixed):
+        for name in ((self.claim.bad, self.claim.fixed) if self.claim else ()):
             if name not in names:
                 raise ValueError(f"scenario {self.id}: claim names unknown variant {name!r}")
 

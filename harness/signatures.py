@@ -244,6 +244,13 @@ BODY_NEVER_RAN_RECORD = ErrorRecord(chain=(ExceptionInfo(
     "harness.BodyNeverRan", ("harness.BodyNeverRan",),
     "Celery reported the task as done, but the task body never left its side effect"),))
 
+# The psycopg side of "the server ended this session" (SQLSTATE 57P01, admin_shutdown),
+# raised on the next use of a terminated or restarted session.
+SERVER_ENDED_SESSION = Signature(
+    "server-ended-session", "psycopg.OperationalError", sqlstate="57P01",
+    description="PostgreSQL ended the session (pg_terminate_backend or a shutdown): "
+                "psycopg reports 'terminating connection due to administrator command' "
+                "on the connection's next use.")
 CALL_LOST = Signature(
     "call-lost", "harness.CallLost",
     description="A call sent before a fault never ran: its message was lost with what the "
@@ -273,6 +280,7 @@ CATALOGUE: dict[str, Signature] = {
         ASYNCPG_FOREIGN_TRANSACTION, PSYCOPG_RESULT_MISMATCH,
         COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
         IMPLICIT_LOOP_DEPRECATED,
-        LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM, CALL_LOST, NOT_CONSUMED,
+        LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM, SERVER_ENDED_SESSION, CALL_LOST,
+        NOT_CONSUMED,
     ]
 }

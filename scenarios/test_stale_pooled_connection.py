@@ -68,7 +68,6 @@ from harness import signatures as sig
 from harness.faults.plan import Fault, after_calls, at_point
 from harness.plugin import assert_expected
 from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, reproduces
-from harness.signatures import Signature
 
 BETWEEN_CALLS = Workload(task="read_in_transaction", calls=4, concurrency=1, timeout_s=40.0,
                          faults=(Fault("terminate-backends", after_calls(2)),))
@@ -78,13 +77,6 @@ MID_TRANSACTION = replace(BETWEEN_CALLS,
 
 POOLED = {"loop": "per-process"}
 
-# Declared here: the psycopg side of "the server ended this session" (SQLSTATE 57P01,
-# admin_shutdown), raised on the next use of a terminated or restarted session.
-SERVER_ENDED_SESSION = Signature(
-    "server-ended-session", "psycopg.OperationalError", sqlstate="57P01",
-    description="PostgreSQL ended the session (pg_terminate_backend or a shutdown): "
-                "psycopg reports 'terminating connection due to administrator command' "
-                "on the connection's next use.")
 ONE_DEAD_CHECKOUT = {
     "asyncpg": reproduces("asyncpg-connection-lost",
                           why="the pooled connection's next statement finds it closed"),
@@ -102,7 +94,7 @@ SCENARIO = Scenario(
     id="stale-pooled-connection",
     app="scenarios.apps.stale_pooled_connection",
     workload=BETWEEN_CALLS,
-    signatures=(sig.ASYNCPG_CONNECTION_LOST, SERVER_ENDED_SESSION, sig.ASYNCPG_CONNECTION_CLOSED,
+    signatures=(sig.ASYNCPG_CONNECTION_LOST, sig.SERVER_ENDED_SESSION, sig.ASYNCPG_CONNECTION_CLOSED,
                 sig.PSYCOPG_CONNECTION_LOST, sig.PSYCOPG_CONNECTION_CLOSED),
     claim=Claim(error="(none quoted: a production fault)",
                 fix="pool_pre_ping=True (pessimistic disconnect handling)",

@@ -1,0 +1,116 @@
+"""Worker side of scenarios/test_broker_restart.py.
+
+One task, ``write_row``, that stores no result (``ignore_result``): a call's effect
+is its row, as for most tasks that write. Each run of its body (a redelivered call
+runs it again):
+
+1. records the run in ``runs`` (token, server pid, start time), committed at once:
+   the harness's witness of which calls ran, since a Redis restart takes Celery's
+   results and the harness's counters with it (``Workload.runs_sql``);
+2. the call with index 0 announces the point ``running``: the variant's Redis fault
+   lands here, while this call runs and the others wait in the queue or in the
+   worker's prefetch (:func:`harness.faults.cues.reach`, which rides out the restart);
+3. works ``work_s`` seconds, then inserts the call's row in a transaction of its own
+   (plain, or keyed by the call's token with ``ON CONFLICT DO NOTHING`` when
+   ``idempotency_key`` is set);
+4. counts the rows committed for its token: more than one raises
+   :class:`DuplicateWrite`, the damage a redelivery did, turned into a failed call.
+
+The engine is made after the fork, with NullPool and ``asyncio.run()`` per call (the
+setup the article recommends), so nothing about the database changes between
+variants: only Celery's and Redis's settings do.
+
+Knobs: those of :mod:`scenarios.apps.common`, plus
+    acks_late: ``task_acks_late``: acknowledge the message after the body ran.
+    cancel_on_connection_loss: ``worker_cancel_long_running_tasks_on_connection_loss``
+        (Celery's default is False; its documentation says it becomes True in 6.0).
+    visibility_timeout_s: the Redis transport's ``visibility_timeout``: an
+        unacknowledged message older than this is delivered again.
+    idempotency_key: insert keyed by the call's token with ``ON CONFLICT DO NOTHING``.
+    work_s: seconds each call works before it writes its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from celery.signals import worker_process_init
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from harness.faults.cues import reach
+from harness.knobs import Knob
+from harness.task_support import call_index, make_app, settings
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
+
+SETTINGS = settings(
+    ENGINE_KNOBS, LOOP,
+    Knob("acks_late", bool, False, "task_acks_late: acknowledge after the body ran"),
+    Knob("cancel_on_connection_loss", bool, False,
+         "worker_cancel_long_running_tasks_on_connection_loss"),
+    Knob("visibility_timeout_s", int, None, "the Redis transport's visibility_timeout (s)"),
+    Knob("idempotency_key", bool, False,
+         "insert keyed by the call's token with ON CONFLICT DO NOTHING"),
+    Knob("work_s", (int, float), 0.5, "seconds each call works before it writes its row"),
+)
+app = make_app(__name__)
+# make_app turns the cancel-on-connection-loss setting on for every other scenario;
+# here it is under test, so Celery's own default stands unless a variant sets it.
+app.conf.update(
+    task_acks_late=SETTINGS.get("acks_late"),
+    worker_cancel_long_running_tasks_on_connection_loss=SETTINGS.get(
+        "cancel_on_connection_loss"),
+)
+if SETTINGS.get("visibility_timeout_s") is not None:
+    app.conf.broker_transport_options = {
+        "visibility_timeout": SETTINGS.get("visibility_timeout_s")}
+IDEMPOTENT: bool = SETTINGS.get("idempotency_key")
+WORK_S: float = float(SETTINGS.get("work_s"))
+RUNNER = LoopRunner(SETTINGS.get("loop"))
+_engine: AsyncEngine | None = None
+
+RECORD_RUN = ("insert into runs (token, pid, started) "
+              "values (:t, pg_backend_pid(), extract(epoch from clock_timestamp()))")
+PLAIN_INSERT = "insert into writes (token, pid) values (:t, pg_backend_pid())"
+KEYED_INSERT = ("insert into writes (token, idem_key, pid) values (:t, :t, pg_backend_pid()) "
+                "on conflict (idem_key) do nothing")
+
+
+class DuplicateWrite(Exception):
+    """A call found its own row committed more than once."""
+
+
+@worker_process_init.connect
+def create_engine_after_fork(**_: object) -> None:
+    global _engine
+    _engine = make_engine(SETTINGS)
+    RUNNER.after_fork()
+
+
+def engine() -> AsyncEngine:
+    assert _engine is not None, "worker_process_init did not run in this process"
+    return _engine
+
+
+async def write(token: str) -> None:
+    """One run of the body (see the module docstring for its steps)."""
+    async with engine().begin() as conn:
+        await conn.execute(text(RECORD_RUN), {"t": token})
+    if call_index(token) == 0:
+        reach(app, "running")
+    await asyncio.sleep(WORK_S)
+    async with engine().begin() as conn:
+        await conn.execute(text(KEYED_INSERT if IDEMPOTENT else PLAIN_INSERT), {"t": token})
+    async with engine().connect() as conn:
+        rows = (await conn.execute(text("select count(*) from writes where token = :t"),
+                                   {"t": token})).scalar_one()
+    if rows > 1:
+        raise DuplicateWrite(f"call {token}: {rows} rows committed for one call")
+
+
+@app.task(ignore_result=True)
+def write_row(token: str) -> Any:
+    """Write the call's row once; a Redis fault lands while the first call runs."""
+    RUNNER.run(write(token))
+    return token

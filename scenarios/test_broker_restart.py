@@ -1,0 +1,133 @@
+"""broker-restart: Redis, the broker and result backend, restarts while calls run and wait.
+
+Symptom
+    Redis restarts (an upgrade, a failover, a container rescheduled, the OOM killer)
+    while a worker runs calls and others wait. Afterwards some calls never ran and
+    never will; or a call ran twice and wrote its row twice; or the worker logs
+    "Connection to broker lost. Trying to re-establish the connection..." and then
+    does nothing. Users report each of these to Celery (celery #8030, #8384, #9054
+    after kombu 5.4.0 changed reconnection, kombu PR #2007; still reported on
+    Celery 5.6: celery #10205, #10302).
+
+Cause
+    A Celery message lives in Redis until it is acknowledged: in the queue (a list)
+    until the worker fetches it, then in the transport's ``unacked`` hash until the
+    ack. With Celery's defaults the ack comes as the body starts (early ack); with
+    ``task_acks_late`` when it ends. A Redis that keeps no data (``save ""``, no
+    AOF: the common container setup) comes back empty: the queue and the
+    ``unacked`` hash are gone, and with them every result it stored. A Redis that
+    saves at shutdown (Debian's redis.conf has save points) comes back with both.
+    The worker, for its part, drops every message it had prefetched but not
+    started when its broker connection breaks (``Consumer.on_close``: "they can't
+    be acked anyway"), so those now exist only where Redis kept them; messages in
+    ``unacked`` come back only when the transport restores them
+    (``visibility_timeout``, one hour by default).
+
+    The harness cannot ask Redis what happened: the restart takes Celery's results
+    and the harness's own counters with it. So each run of the task body records
+    itself in PostgreSQL (``runs``), and a call that hung with no run recorded is
+    ``call-lost``; the calls sent after the restart (``Workload.calls_after_faults``)
+    tell whether and how soon the worker consumes again (``not-consumed``,
+    counter ``resume-ms``). A body that finds its row committed twice raises
+    ``DuplicateWrite`` (``duplicate-write``).
+
+What maintainers recommend
+    Celery's documentation: ``task_acks_late`` so that "the task messages will be
+    acknowledged after the task has been executed", which needs idempotent tasks
+    ("Tasks: Idempotence"); ``visibility_timeout`` must be longer than the longest
+    task ("Using Redis: Visibility timeout"), or the message is delivered again
+    while it runs; ``worker_cancel_long_running_tasks_on_connection_loss`` cancels
+    late-acked calls that run when the connection is lost, since "the message will
+    be redelivered", and becomes the default in Celery 6.0. Redis's own
+    documentation: persistence (RDB or AOF) is what keeps data across restarts.
+
+What really happens
+    (filled in from the runs below)
+
+Sources
+    Celery docs: "Using Redis" (visibility timeout), configuration
+    ``task_acks_late``, ``worker_cancel_long_running_tasks_on_connection_loss``,
+    user guide "Tasks: Idempotence"; celery/worker/consumer/consumer.py
+    ``on_close`` and ``on_connection_error_after_connected`` (Celery 5.7.0);
+    kombu/transport/redis.py ``QoS.restore_visible``; Redis docs "Redis
+    persistence".
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from harness import signatures as sig
+from harness.faults.plan import Fault, at_point
+from harness.plugin import assert_expected
+from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, reproduces
+from harness.signatures import Signature
+
+# Ten calls on two processes; the first announces 'running' and Redis restarts right
+# there: that call is running, the others are prefetched by the worker or still in
+# the queue. Four more calls go once Redis answers again.
+RESTART = Workload(
+    task="write_row", calls=10, concurrency=2, timeout_s=30.0, ignore_result=True,
+    faults=(Fault("restart-redis", at_point("running")),), calls_after_faults=4,
+    runs_sql="select token, started from runs")
+PERSISTED = replace(RESTART, faults=(Fault("restart-redis-persisted", at_point("running")),))
+
+NULLPOOL = {"pool": "null"}
+ACKS_LATE = {**NULLPOOL, "acks_late": True}
+
+DUPLICATE_WRITE = Signature(
+    "duplicate-write", "scenarios.apps.broker_restart.DuplicateWrite",
+    description="A call found its row committed twice: its message was delivered again "
+                "after its first run had written.")
+
+SCENARIO = Scenario(
+    id="broker-restart",
+    app="scenarios.apps.broker_restart",
+    workload=RESTART,
+    signatures=(sig.CALL_LOST, sig.NOT_CONSUMED, DUPLICATE_WRITE),
+    claim=Claim(
+        error="(none quoted: a production fault)",
+        fix="task_acks_late=True: messages are acknowledged after the task has run "
+            "(Celery's documentation), with idempotent tasks",
+        signature="call-lost", bad="defaults", fixed="acks-late",
+        source="Celery's documentation"),
+    setup_sql=(
+        ("create table runs (id bigserial primary key, token text not null, "
+         "pid integer not null, started double precision not null)"),
+        ("create table writes (id bigserial primary key, token text not null, "
+         "idem_key text unique, pid integer not null)"),
+    ),
+    inspect_sql={
+        "writes": "select count(*), count(distinct token) from writes",
+        "runs_per_call": "select runs, count(*) from (select count(*) runs from runs "
+                         "group by token) a group by runs order by runs",
+    },
+    variants=(
+        Variant("defaults", Role.BAD, NULLPOOL, expect=reproduces("call-lost"),
+                description="Celery's defaults (early ack), Redis keeps no data."),
+        Variant("acks-late", Role.BAD, ACKS_LATE, expect=reproduces("call-lost"),
+                description="task_acks_late, Redis keeps no data."),
+        Variant("persisted-defaults", Role.FIX, NULLPOOL, workload=PERSISTED,
+                expect=clean(),
+                description="early ack, Redis saves at shutdown and loads at start."),
+        Variant("persisted-acks-late", Role.BAD, ACKS_LATE, workload=PERSISTED,
+                expect=reproduces("duplicate-write"),
+                description="task_acks_late, Redis saves at shutdown and loads at start."),
+        Variant("persisted-acks-late-idempotent", Role.FIX,
+                {**ACKS_LATE, "idempotency_key": True}, workload=PERSISTED, expect=clean(),
+                description="the same with an INSERT keyed by the call's token."),
+        Variant("persisted-acks-late-cancel", Role.FIX,
+                {**ACKS_LATE, "cancel_on_connection_loss": True}, workload=PERSISTED,
+                expect=clean(),
+                description="the same with worker_cancel_long_running_tasks_on_"
+                            "connection_loss."),
+        Variant("persisted-short-visibility", Role.FIX,
+                {**NULLPOOL, "visibility_timeout_s": 3}, workload=PERSISTED,
+                expect=clean(),
+                description="early ack, Redis persists, visibility_timeout 3 s."),
+    ),
+)
+
+
+def test_variant(variant_run):
+    assert_expected(variant_run)
