@@ -136,7 +136,8 @@ def _axis_parent(suppress: bool = False) -> argparse.ArgumentParser:
 
 # Options of the run itself (dest -> option), which 'plan' and 'merge' do not use.
 RUN_OPTIONS = {"keyword": "-k", "only": "--only", "cache_dir": "--cache-dir",
-               "workers": "--workers", "env_timeout": "--env-timeout", "resolve": "--resolve"}
+               "workers": "--workers", "env_timeout": "--env-timeout", "resolve": "--resolve",
+               "audit": "--audit"}
 
 
 def _refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -191,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
     matrix.add_argument("--baseline", type=Path, metavar="FILE",
                         help="a matrix.json or results.json to compare with; exit 1 when a "
                              "cell's outcome changed")
+    matrix.add_argument("--audit", type=Path, nargs="?", const=Path("."), metavar="PROJECT",
+                        help="run 'harness audit' of PROJECT (default: here; its "
+                             "pyproject.toml's [tool.harness.audit]) in every environment "
+                             "instead of the scenarios")
     matrix.add_argument("--env-timeout", type=float, default=3600.0, metavar="SECONDS",
                         help="bound on one environment's scenario run (default: 3600)")
     actions = matrix.add_subparsers(dest="action")
@@ -274,12 +279,20 @@ def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
     if args.action == "merge":
         return command.merge_command(args.paths, args.out, args.baseline)
     pytest_args = (["-k", args.keyword] if args.keyword else []) + pytest_extra
+    audit = None
+    if args.audit is not None:
+        if args.keyword:
+            raise HarnessError("-k selects scenario tests; with --audit, choose hazards in "
+                               "[tool.harness.audit] (hazards = [...]) instead.")
+        audit = audit_command.load_config(argparse.Namespace(
+            project=args.audit, engine=None, url_env=None, run=None, celery_app=None,
+            retry_on=None, pgbouncer=None, hazards=None, accept=None))
     return command.run_matrix_until_stopped(command.MatrixOptions(
         project_root=root, matrix_file=args.matrix_file, axes=axes, full=args.full,
         pairwise=args.pairwise,
         only=args.only, out=args.out, cache_dir=args.cache_dir, workers=args.workers,
         pytest_args=pytest_args, baseline=args.baseline, env_timeout_s=args.env_timeout,
-        resolve=args.resolve))
+        resolve=args.resolve, audit=audit))
 
 
 ACTIONS = ("plan", "merge")

@@ -109,3 +109,9 @@ def test_the_hazards_follow_the_input(tmp_path):
     assert scenario.drivers == ("asyncpg",)
     prepared = scenario.variant("pgbouncer-prepared")
     assert "pgbouncer = false" in prepared.requires(None)  # not deployed behind PgBouncer
+
+
+def test_the_driver_is_the_one_the_users_own_url_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://app@db.internal/prod")
+    root = project(tmp_path, 'engine = "myapp.db:engine"\n')
+    assert checked(root).driver == "psycopg"

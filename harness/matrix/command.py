@@ -18,6 +18,7 @@ was built); 3 an environment could not be built or run (the others are merged).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 
 from harness import environment, interrupts
 from harness import results as results_file
+from harness.audit.config import CONFIG_ENV, AuditConfig
 from harness.errors import ConfigError
 from harness.matrix import (
     axes,
@@ -69,6 +71,9 @@ class MatrixOptions:
     baseline: Path | None = None
     env_timeout_s: float = 3600.0
     resolve: str = resolutions.DATED
+    # harness matrix --audit: the audit's checked input; each environment runs the
+    # audit's hazards instead of the scenarios.
+    audit: AuditConfig | None = None
 
 
 def say(message: str) -> None:
@@ -239,7 +244,12 @@ def run_matrix(opts: MatrixOptions) -> int:
     pgbouncers = pgbouncer_axis.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
     # Each environment's backend and service images (the postgres axis, containers).
     services = sources.env_services(combos, pythons, pgbouncers)
-    tests = check_selection(opts.project_root, opts.pytest_args)
+    if opts.audit is not None:
+        tests = len(opts.audit.hazards)
+        target, extra_env = audit_target(opts.audit)
+    else:
+        tests = check_selection(opts.project_root, opts.pytest_args)
+        target, extra_env = ("scenarios/",), {}
     resolved = resolutions_for(combos, opts.resolve, opts.cache_dir)
     say(f"{len(combos)} environments ({spec.mode}), {tests} scenario tests each:")
     for c in combos:
@@ -281,7 +291,7 @@ def run_matrix(opts: MatrixOptions) -> int:
                       ".pytest.log", workers=opts.workers, pytest_args=opts.pytest_args,
                       progress=progress, timeout_s=opts.env_timeout_s,
                       pgbouncer=services[env.combo.id],
-                      facts={"smoke": smoke.to_dict()})
+                      facts={"smoke": smoke.to_dict()}, target=target, extra_env=extra_env)
         progress.env_ran(run)
         if run.error:
             failed.append(f"{env.combo.id}: {run.error}")
@@ -296,6 +306,13 @@ def run_matrix(opts: MatrixOptions) -> int:
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
     return EXIT_ENV_FAILED if failed else code
+
+
+def audit_target(config: AuditConfig) -> tuple[tuple[str, ...], dict[str, str]]:
+    """What an environment's pytest collects for ``--audit``, and the variable that
+    carries the audit's input (checked once, here, before anything is built)."""
+    return (("--pyargs", "harness.audit.suite", "-c", os.devnull,
+             "--rootdir", config.project_dir), {CONFIG_ENV: config.to_json()})
 
 
 def plan_command(project_root: Path, matrix_file: Path | None,

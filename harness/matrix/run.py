@@ -169,24 +169,28 @@ def activated(built: BuiltEnv, pgbouncer: PgBouncerSource | None = None) -> dict
 def run_env(built: BuiltEnv, project_root: Path, runs_dir: Path, log: Path, *,
             workers: int, pytest_args: Sequence[str], progress: Progress,
             timeout_s: float = RUN_TIMEOUT_S, pgbouncer: PgBouncerSource | None = None,
-            facts: Mapping[str, Any] | None = None) -> EnvRun:
+            facts: Mapping[str, Any] | None = None, target: Sequence[str] = ("scenarios/",),
+            extra_env: Mapping[str, str] | None = None) -> EnvRun:
     """Run the scenarios in ``built``; results go to ``runs_dir/<env id>/<run id>/``.
 
     ``pgbouncer`` says where this environment's PgBouncer comes from: its backend goes
     on pytest's command line (before the user's arguments, which win) and its image
     into ``HARNESS_IMAGE_PGBOUNCER`` of the pytest process only. ``facts`` go into the
-    sidecar beside the environment's own (resolution, installed packages).
+    sidecar beside the environment's own (resolution, installed packages). ``target`` is
+    what pytest collects (the audit's suite instead of the scenarios), ``extra_env`` more
+    variables for it.
     """
     results_dir = runs_dir / built.combo.id
     results_dir.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    argv = [str(built.python), "-m", "pytest", "scenarios/", "-v", "-p", "no:cacheprovider",
+    argv = [str(built.python), "-m", "pytest", *target, "-v", "-p", "no:cacheprovider",
             "--results-dir", str(results_dir), *(["-n", str(workers)] if workers > 1 else []),
             *(pgbouncer.pytest_args() if pgbouncer else []), *pytest_args]
     before = _latest(results_dir)
     started = time.monotonic()
-    proc = _process.ManagedProcess(argv, log, env=activated(built, pgbouncer), cwd=project_root)
+    proc = _process.ManagedProcess(argv, log, env={**activated(built, pgbouncer),
+                                                   **(extra_env or {})}, cwd=project_root)
     timed_out = False
     try:
         while proc.alive():
