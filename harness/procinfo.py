@@ -48,6 +48,12 @@ def _parse(pid: int, text: str) -> ProcStat:
                     start_ticks=int(fields[19]))
 
 
+def pid_alive(pid: int) -> bool:
+    """Does ``pid`` exist and is it not a zombie?"""
+    found = stat(pid)
+    return found is not None and found.alive
+
+
 def processes() -> Iterator[ProcStat]:
     """Every process this one can see, zombies included."""
     for entry in PROC.iterdir():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import environment, logscan
+from harness import environment, logscan, procinfo
 from harness.call_trace import trace
 from harness.errors import HarnessError
 from harness.faults.actions import Target
@@ -180,7 +180,8 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                 if workload.runs_sql:
                     traced = trace(calls, stack.postgres.execute(workload.runs_sql, dbname),
                                    sent_before=workload.calls,
-                                   later_sent_at=worker.later_sent_at)
+                                   later_sent_at=worker.later_sent_at,
+                                   alive=procinfo.pid_alive)
                     calls = traced.calls
                     if traced.resume_ms is not None:
                         run.counters["resume-ms"] = traced.resume_ms

@@ -222,9 +222,11 @@ class Workload:
             when it heals on a timer): do they run, and how soon? Their tokens follow
             the workload's (indexes ``calls`` and up). Needs ``faults``.
         runs_sql: a query on the run's database giving one row ``(token,
-            started_epoch_s)`` per run of a task body (the task records them). With
-            it, a call that hung and never ran is ``call-lost`` (sent before the
-            faults) or ``not-consumed`` (sent after them), and the counter
+            started_epoch_s, worker_pid)`` per run of a task body (the task records
+            them; ``worker_pid`` is its pool process's). With it, a call that hung and
+            never ran is ``call-lost`` (sent before the faults) or ``not-consumed``
+            (sent after them), one whose every run was in a process that is gone is
+            ``call-abandoned``, and the counter
             ``resume-ms`` says how long after the later calls were sent the first
             of them started. For faults that lose what the broker held, where
             Redis (and every result in it) cannot be the witness.

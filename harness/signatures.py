@@ -259,6 +259,14 @@ CALL_LOST_RECORD = ErrorRecord(chain=(ExceptionInfo(
     "harness.CallLost", ("harness.CallLost",),
     "the call was sent before the fault, no run of its body was recorded, and nothing was "
     "reported for it by the deadline: its message was lost"),))
+CALL_ABANDONED = Signature(
+    "call-abandoned", "harness.CallAbandoned",
+    description="A call's body started in a pool process that is gone (killed, or "
+                "terminated by Celery) and never finished, reported or ran again.")
+CALL_ABANDONED_RECORD = ErrorRecord(chain=(ExceptionInfo(
+    "harness.CallAbandoned", ("harness.CallAbandoned",),
+    "the call's body started in a pool process that no longer exists, and the call never "
+    "finished, was never reported and never ran again by the deadline"),))
 NOT_CONSUMED = Signature(
     "not-consumed", "harness.NotConsumed",
     description="A call sent after the fault (the broker answering again) never ran: the "
@@ -281,6 +289,6 @@ CATALOGUE: dict[str, Signature] = {
         COROUTINE_RESULT_UNENCODABLE, LAZY_RAISE,
         IMPLICIT_LOOP_DEPRECATED,
         LOCK_TIMEOUT, HARD_TIME_LIMIT, HARD_TIME_LIMIT_SIGTERM, SERVER_ENDED_SESSION, CALL_LOST,
-        NOT_CONSUMED,
+        NOT_CONSUMED, CALL_ABANDONED,
     ]
 }

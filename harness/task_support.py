@@ -144,12 +144,23 @@ def make_app(main: str) -> Celery:
 
 def _record_failure(app: Celery, task_id: str | None, exc: BaseException,
                     overwrite: bool) -> None:
+    """Keep the call's exception chain for the harness, riding out a Redis restart.
+
+    Never raises: the task's own exception is what propagates. If Redis stays away
+    the record is lost and the harness falls back to what the result backend knows.
+    """
     if task_id is None:
         return
+    from harness.faults.cues import RIDE_OUT_S, with_reconnect
+
     record = {"chain": exception_chain(exc),
               "traceback": "".join(tb.format_exception(exc))[-8000:]}
-    app.backend.client.set(FAILURE_KEY.format(task_id=task_id), json.dumps(record),
-                           ex=FAILURE_TTL_S, nx=not overwrite)
+    try:
+        with_reconnect(lambda: app.backend.client.set(
+            FAILURE_KEY.format(task_id=task_id), json.dumps(record), ex=FAILURE_TTL_S,
+            nx=not overwrite), timeout_s=RIDE_OUT_S)
+    except Exception:  # noqa: BLE001 - reporting must not replace the task's failure
+        pass
 
 
 def mark_ran(app: Celery, token: str) -> None:

@@ -248,7 +248,13 @@ class CeleryWorker(StartStop):
     def _finished_in_log(self) -> dict[str, str]:
         """Task ids the worker logged as done: the only signal when no result is stored."""
         text = self.log_path.read_text(errors="replace")
-        return {m.group(1): m.group(2) for m in _FINISHED_LINE.finditer(text)}
+        found: dict[str, str] = {}
+        for m in _FINISHED_LINE.finditer(text):
+            # A call whose message came back runs twice: a run that raised is not
+            # undone by another run that succeeded.
+            if found.get(m.group(1)) != "raised":
+                found[m.group(1)] = m.group(2)
+        return found
 
     def counters(self) -> dict[str, int]:
         """The run's ``task_support.count`` counters."""

@@ -64,16 +64,22 @@ from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, re
 from harness.signatures import Signature
 
 # Ten calls on two processes; the first announces 'running' and Redis restarts right
-# there: that call is running, the others are prefetched by the worker or still in
-# the queue. Four more calls go once Redis answers again.
+# then, while that call works on (3 s) and the others wait in the worker's prefetch or
+# in the queue. Four more calls go once Redis answers again.
 RESTART = Workload(
     task="write_row", calls=10, concurrency=2, timeout_s=30.0, ignore_result=True,
-    faults=(Fault("restart-redis", at_point("running")),), calls_after_faults=4,
-    runs_sql="select token, started from runs")
-PERSISTED = replace(RESTART, faults=(Fault("restart-redis-persisted", at_point("running")),))
+    faults=(Fault("restart-redis", at_point("running", hold=False)),), calls_after_faults=4,
+    runs_sql="select token, started, worker_pid from runs")
+PERSISTED = replace(RESTART, faults=(
+    Fault("restart-redis-persisted", at_point("running", hold=False)),))
 
 NULLPOOL = {"pool": "null"}
 ACKS_LATE = {**NULLPOOL, "acks_late": True}
+# Unacknowledged messages come back 8 s after delivery, and kombu looks every second.
+FAST_RESTORE = {"visibility_timeout_s": 8, "fast_restore": True}
+# The first call works 10 s; its message comes back after 6 s, while it still runs.
+SHORT_VISIBILITY = {"visibility_timeout_s": 6, "fast_restore": True, "first_call_work_s": 10,
+                    "write_first": True}
 
 DUPLICATE_WRITE = Signature(
     "duplicate-write", "scenarios.apps.broker_restart.DuplicateWrite",
@@ -84,7 +90,7 @@ SCENARIO = Scenario(
     id="broker-restart",
     app="scenarios.apps.broker_restart",
     workload=RESTART,
-    signatures=(sig.CALL_LOST, sig.NOT_CONSUMED, DUPLICATE_WRITE),
+    signatures=(sig.CALL_LOST, sig.NOT_CONSUMED, sig.CALL_ABANDONED, DUPLICATE_WRITE),
     claim=Claim(
         error="(none quoted: a production fault)",
         fix="task_acks_late=True: messages are acknowledged after the task has run "
@@ -93,7 +99,7 @@ SCENARIO = Scenario(
         source="Celery's documentation"),
     setup_sql=(
         ("create table runs (id bigserial primary key, token text not null, "
-         "pid integer not null, started double precision not null)"),
+         "worker_pid integer not null, started double precision not null)"),
         ("create table writes (id bigserial primary key, token text not null, "
          "idem_key text unique, pid integer not null)"),
     ),
@@ -103,31 +109,39 @@ SCENARIO = Scenario(
                          "group by token) a group by runs order by runs",
     },
     variants=(
+        # Redis keeps no data.
         Variant("defaults", Role.BAD, NULLPOOL, expect=reproduces("call-lost"),
                 description="Celery's defaults (early ack), Redis keeps no data."),
         Variant("acks-late", Role.BAD, ACKS_LATE, expect=reproduces("call-lost"),
                 description="task_acks_late, Redis keeps no data."),
-        Variant("persisted-defaults", Role.FIX, NULLPOOL, workload=PERSISTED,
+        # Redis saves at shutdown and loads at start.
+        Variant("persisted-defaults", Role.PARTIAL_FIX, NULLPOOL, workload=PERSISTED,
+                expect=reproduces("call-lost"),
+                description="early ack, Redis persists: the queue survives, the worker's "
+                            "prefetched calls wait in 'unacked' for the visibility timeout."),
+        Variant("persisted-fast-restore", Role.FIX, {**NULLPOOL, **FAST_RESTORE},
+                workload=PERSISTED, expect=clean(),
+                description="early ack, Redis persists, visibility_timeout 8 s and a "
+                            "sweep every second."),
+        Variant("persisted-acks-late", Role.FIX, ACKS_LATE, workload=PERSISTED,
                 expect=clean(),
-                description="early ack, Redis saves at shutdown and loads at start."),
-        Variant("persisted-acks-late", Role.BAD, ACKS_LATE, workload=PERSISTED,
-                expect=reproduces("duplicate-write"),
-                description="task_acks_late, Redis saves at shutdown and loads at start."),
-        Variant("persisted-acks-late-idempotent", Role.FIX,
-                {**ACKS_LATE, "idempotency_key": True}, workload=PERSISTED, expect=clean(),
+                description="task_acks_late, Redis persists."),
+        # Late acknowledgement with a visibility timeout shorter than a call.
+        Variant("visibility-shorter-than-task", Role.BAD, {**ACKS_LATE, **SHORT_VISIBILITY},
+                workload=PERSISTED, expect=reproduces("duplicate-write"),
+                description="task_acks_late, Redis persists, the first call writes its row "
+                            "and works 10 s; the visibility timeout is 6 s."),
+        Variant("visibility-shorter-idempotent", Role.FIX,
+                {**ACKS_LATE, **SHORT_VISIBILITY, "idempotency_key": True},
+                workload=PERSISTED, expect=clean(),
                 description="the same with an INSERT keyed by the call's token."),
-        Variant("persisted-acks-late-cancel", Role.FIX,
-                {**ACKS_LATE, "cancel_on_connection_loss": True}, workload=PERSISTED,
-                expect=clean(),
-                description="the same with worker_cancel_long_running_tasks_on_"
-                            "connection_loss."),
-        Variant("persisted-short-visibility", Role.FIX,
-                {**NULLPOOL, "visibility_timeout_s": 3}, workload=PERSISTED,
-                expect=clean(),
-                description="early ack, Redis persists, visibility_timeout 3 s."),
+        Variant("cancel-on-connection-loss", Role.BAD,
+                {**ACKS_LATE, **FAST_RESTORE, "cancel_on_connection_loss": True},
+                workload=PERSISTED, expect=reproduces("call-abandoned"),
+                description="task_acks_late with worker_cancel_long_running_tasks_on_"
+                            "connection_loss, Redis persists, messages come back after 8 s."),
     ),
 )
-
 
 def test_variant(variant_run):
     assert_expected(variant_run)

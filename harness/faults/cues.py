@@ -92,10 +92,12 @@ class CueListener:
     """
 
     def __init__(self, redis_client: Any, queue: str,
-                 on_point: Callable[[str, int], None]) -> None:
+                 on_point: Callable[[str, int], None],
+                 answer_first: Callable[[str], bool] = lambda _point: False) -> None:
         self._redis = redis_client
         self._queue = queue
         self._on_point = on_point
+        self._answer_first = answer_first
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"cues-{queue}", daemon=True)
         self.errors: list[str] = []
@@ -127,13 +129,19 @@ class CueListener:
             if item is None:
                 continue
             cue = json.loads(item[1])
+            if self._answer_first(cue["point"]):
+                self._answer(cue)
+                self._on_point(cue["point"], int(cue["pid"]))
+                continue
             try:
                 self._on_point(cue["point"], int(cue["pid"]))
             finally:
-                go = GO_KEY.format(queue=self._queue, pid=cue["pid"])
-                try:
-                    with_reconnect(lambda: self._redis.rpush(go, "go"), timeout_s=RIDE_OUT_S)
-                    with_reconnect(lambda: self._redis.expire(go, KEY_TTL_S),
-                                    timeout_s=RIDE_OUT_S)
-                except Exception as exc:  # noqa: BLE001 - the task then times out and says so
-                    self.errors.append(f"answering cue {cue['point']!r}: {exc}")
+                self._answer(cue)
+
+    def _answer(self, cue: dict[str, Any]) -> None:
+        go = GO_KEY.format(queue=self._queue, pid=cue["pid"])
+        try:
+            with_reconnect(lambda: self._redis.rpush(go, "go"), timeout_s=RIDE_OUT_S)
+            with_reconnect(lambda: self._redis.expire(go, KEY_TTL_S), timeout_s=RIDE_OUT_S)
+        except Exception as exc:  # noqa: BLE001 - the task then times out and says so
+            self.errors.append(f"answering cue {cue['point']!r}: {exc}")

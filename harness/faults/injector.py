@@ -57,7 +57,8 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self._began = time.monotonic()
-        self._listener = (CueListener(redis_client, queue, self._on_point)
+        self._listener = (CueListener(redis_client, queue, self._on_point,
+                                      answer_first=self._answer_first)
                           if any(f.cue.point for f in faults) else None)
 
     # --- what the runner asks ---------------------------------------------------------
@@ -115,6 +116,11 @@ class FaultInjector:
             self._heal(record)
 
     # --- firing and healing -----------------------------------------------------------
+    def _answer_first(self, point: str) -> bool:
+        """Does a fault at ``point`` let the task go on before it fires?"""
+        return any(r.fault.cue.point == point and not r.fault.cue.hold and r.fired_at_s is None
+                   for r in self.records)
+
     def _on_point(self, point: str, pid: int) -> None:
         self._fire_where(lambda r: r.fault.cue.point == point, pid=pid)
 

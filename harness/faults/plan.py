@@ -52,10 +52,16 @@ ACTIONS = {
 
 @dataclass(frozen=True)
 class Cue:
-    """When a fault fires: after ``calls`` finished calls, or at a named point."""
+    """When a fault fires: after ``calls`` finished calls, or at a named point.
+
+    ``hold``: the task that reached the point waits there until the fault has fired
+    (the default). Without it the task is answered first and goes on while the fault
+    fires: for a fault that takes away the channel the answer travels on (Redis).
+    """
 
     after_calls: int | None = None
     point: str | None = None
+    hold: bool = True
 
     def __post_init__(self) -> None:
         if (self.after_calls is None) == (self.point is None):
@@ -66,7 +72,8 @@ class Cue:
 
     def describe(self) -> str:
         if self.point is not None:
-            return f"when a task reaches {self.point!r}"
+            return f"when a task reaches {self.point!r}" + ("" if self.hold else
+                                                            " (the task goes on)")
         return f"after {self.after_calls} finished call(s)"
 
 
@@ -75,9 +82,13 @@ def after_calls(k: int) -> Cue:
     return Cue(after_calls=k)
 
 
-def at_point(name: str) -> Cue:
-    """Fire when a task first announces ``name`` with :func:`harness.faults.cues.reach`."""
-    return Cue(point=name)
+def at_point(name: str, *, hold: bool = True) -> Cue:
+    """Fire when a task first announces ``name`` with :func:`harness.faults.cues.reach`.
+
+    With ``hold=False`` the task is answered before the fault fires, so it is not
+    waiting on Redis (where the cue travels) while, say, Redis restarts.
+    """
+    return Cue(point=name, hold=hold)
 
 
 @dataclass(frozen=True)

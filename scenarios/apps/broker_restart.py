@@ -4,13 +4,17 @@ One task, ``write_row``, that stores no result (``ignore_result``): a call's eff
 is its row, as for most tasks that write. Each run of its body (a redelivered call
 runs it again):
 
-1. records the run in ``runs`` (token, server pid, start time), committed at once:
+1. records the run in ``runs`` (token, pool process pid, start time), committed at once:
    the harness's witness of which calls ran, since a Redis restart takes Celery's
    results and the harness's counters with it (``Workload.runs_sql``);
 2. the call with index 0 announces the point ``running``: the variant's Redis fault
-   lands here, while this call runs and the others wait in the queue or in the
-   worker's prefetch (:func:`harness.faults.cues.reach`, which rides out the restart);
-3. works ``work_s`` seconds, then inserts the call's row in a transaction of its own
+   fires then, while this call runs and the others wait in the queue or in the
+   worker's prefetch. The cue does not hold the call (``at_point(..., hold=False)``):
+   it goes on with its work at once, so nothing of the task talks to Redis while
+   Redis restarts, as in a task that only uses the database;
+3. works ``work_s`` seconds (the first call ``first_call_work_s``, long enough to be
+   running through the restart), then inserts (with ``write_first``: inserts, then
+   works, as a task that writes its row and then calls an API) the call's row in a transaction of its own
    (plain, or keyed by the call's token with ``ON CONFLICT DO NOTHING`` when
    ``idempotency_key`` is set);
 4. counts the rows committed for its token: more than one raises
@@ -26,6 +30,9 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
         (Celery's default is False; its documentation says it becomes True in 6.0).
     visibility_timeout_s: the Redis transport's ``visibility_timeout``: an
         unacknowledged message older than this is delivered again.
+    write_first: insert the row before the work instead of after it.
+    fast_restore: sweep for such messages every second (kombu 5.7 sweeps every 100 s
+        by default: ``unacked_restore_interval`` x ``unacked_restore_throttle``).
     idempotency_key: insert keyed by the call's token with ``ON CONFLICT DO NOTHING``.
     work_s: seconds each call works before it writes its row.
 """
@@ -33,6 +40,7 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -52,7 +60,14 @@ SETTINGS = settings(
     Knob("visibility_timeout_s", int, None, "the Redis transport's visibility_timeout (s)"),
     Knob("idempotency_key", bool, False,
          "insert keyed by the call's token with ON CONFLICT DO NOTHING"),
+    Knob("fast_restore", bool, False,
+         "the Redis transport sweeps for unacknowledged messages every second "
+         "(unacked_restore_interval=1, unacked_restore_throttle=1)"),
     Knob("work_s", (int, float), 0.5, "seconds each call works before it writes its row"),
+    Knob("write_first", bool, False,
+         "write the row first, then work (as a task that writes, then calls an API)"),
+    Knob("first_call_work_s", (int, float), 3,
+         "seconds the first call works: it is running while Redis restarts"),
 )
 app = make_app(__name__)
 # make_app turns the cancel-on-connection-loss setting on for every other scenario;
@@ -62,16 +77,24 @@ app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=SETTINGS.get(
         "cancel_on_connection_loss"),
 )
+TRANSPORT: dict[str, Any] = {}
 if SETTINGS.get("visibility_timeout_s") is not None:
-    app.conf.broker_transport_options = {
-        "visibility_timeout": SETTINGS.get("visibility_timeout_s")}
+    TRANSPORT["visibility_timeout"] = SETTINGS.get("visibility_timeout_s")
+if SETTINGS.get("fast_restore"):
+    # kombu's sweep for unacknowledged messages runs every interval x throttle seconds
+    # (10 x 10 by default in kombu 5.7; older releases ignore these two keys).
+    TRANSPORT.update(unacked_restore_interval=1, unacked_restore_throttle=1)
+if TRANSPORT:
+    app.conf.broker_transport_options = TRANSPORT
 IDEMPOTENT: bool = SETTINGS.get("idempotency_key")
 WORK_S: float = float(SETTINGS.get("work_s"))
+FIRST_CALL_WORK_S: float = float(SETTINGS.get("first_call_work_s"))
+WRITE_FIRST: bool = SETTINGS.get("write_first")
 RUNNER = LoopRunner(SETTINGS.get("loop"))
 _engine: AsyncEngine | None = None
 
-RECORD_RUN = ("insert into runs (token, pid, started) "
-              "values (:t, pg_backend_pid(), extract(epoch from clock_timestamp()))")
+RECORD_RUN = ("insert into runs (token, worker_pid, started) "
+              "values (:t, :pid, extract(epoch from clock_timestamp()))")
 PLAIN_INSERT = "insert into writes (token, pid) values (:t, pg_backend_pid())"
 KEYED_INSERT = ("insert into writes (token, idem_key, pid) values (:t, :t, pg_backend_pid()) "
                 "on conflict (idem_key) do nothing")
@@ -96,10 +119,21 @@ def engine() -> AsyncEngine:
 async def write(token: str) -> None:
     """One run of the body (see the module docstring for its steps)."""
     async with engine().begin() as conn:
-        await conn.execute(text(RECORD_RUN), {"t": token})
+        await conn.execute(text(RECORD_RUN), {"t": token, "pid": os.getpid()})
+    work_s = WORK_S
     if call_index(token) == 0:
         reach(app, "running")
-    await asyncio.sleep(WORK_S)
+        work_s = FIRST_CALL_WORK_S
+    if WRITE_FIRST:
+        await write_row_once(token)
+        await asyncio.sleep(work_s)
+    else:
+        await asyncio.sleep(work_s)
+        await write_row_once(token)
+
+
+async def write_row_once(token: str) -> None:
+    """Insert the call's row, then check it is the only one for this call."""
     async with engine().begin() as conn:
         await conn.execute(text(KEYED_INSERT if IDEMPOTENT else PLAIN_INSERT), {"t": token})
     async with engine().connect() as conn:
