@@ -161,6 +161,7 @@ from harness.scenario import (
     StackSpec,
     Variant,
     Workload,
+    before_package,
     clean,
     other_failure,
     reproduces,
@@ -196,6 +197,24 @@ HUNG_UNTIL_HARD_LIMIT = reproduces(
 LATE = reproduces("stall-ended-late",
                   why="psycopg cancels the interrupted query over a new connection, which "
                       "the stall swallows too: 5 s, then 5 s more before it closes")
+# Observed in the default matrix (2026-11-30): asyncpg 0.30.0 and psycopg 3.2.13 against
+# asyncpg 0.32.0 and psycopg 3.3.9 (0.31 and the 3.2-3.3 releases between unobserved).
+STALL_UNBOUNDED_BEFORE_031 = (
+    "asyncpg < 0.31: command_timeout, asyncio.wait_for and the soft time limit do not "
+    "end a stalled query or pre-ping; only Celery's hard limit does (observed on 0.30.0)")
+CANCEL_UNBOUNDED_BEFORE_33 = (
+    "psycopg < 3.3: the interrupted query's cancel and close wait on the stalled path past "
+    "Celery's 18 s hard limit (observed on 3.2.13; 3.3.9 ends it after about 12 s)")
+
+
+def asyncpg_bounded_from_031(newer):
+    """``newer`` on asyncpg >= 0.31; before, the stall lasts until the hard limit."""
+    return before_package("asyncpg", "0.31", HUNG_UNTIL_HARD_LIMIT, newer,
+                          why=STALL_UNBOUNDED_BEFORE_031)
+
+
+PSYCOPG_LATE = before_package("psycopg", "3.3", HUNG_UNTIL_HARD_LIMIT, LATE,
+                              why=CANCEL_UNBOUNDED_BEFORE_33)
 NO_KEEPALIVE = "asyncpg has no TCP keepalive or tcp_user_timeout option"
 NO_COMMAND_TIMEOUT = "psycopg has no client-side query timeout (command_timeout is asyncpg's)"
 
@@ -225,9 +244,10 @@ SCENARIO = Scenario(
                                      "harness's 25 s bound counts it hung"),
                 description="No Celery time limit either: nothing ever ends the call."),
         Variant("command-timeout", Role.FIX, COMMAND_TIMEOUT,
-                not_for={"psycopg": NO_COMMAND_TIMEOUT}, expect=clean()),
+                not_for={"psycopg": NO_COMMAND_TIMEOUT},
+                expect=asyncpg_bounded_from_031(clean())),
         Variant("asyncio-wait-for", Role.FIX, {"call_bound_s": 2},
-                expect={"asyncpg": clean(), "psycopg": LATE}),
+                expect={"asyncpg": asyncpg_bounded_from_031(clean()), "psycopg": PSYCOPG_LATE}),
         Variant("keepalives", Role.PARTIAL_FIX,
                 {"connect_args": {"keepalives": 1, "keepalives_idle": 1,
                                   "keepalives_interval": 1, "keepalives_count": 2,
@@ -236,14 +256,15 @@ SCENARIO = Scenario(
         Variant("statement-timeout", Role.PARTIAL_FIX, {"statement_timeout_ms": 2000},
                 expect=HUNG_UNTIL_HARD_LIMIT),
         Variant("soft-time-limit", Role.FIX, {}, workload=SOFT_LIMIT,
-                expect={"asyncpg": clean(), "psycopg": LATE}),
+                expect={"asyncpg": asyncpg_bounded_from_031(clean()), "psycopg": PSYCOPG_LATE}),
         Variant("idle-pooled-no-timeouts", Role.BAD, POOLED, workload=IDLE,
                 expect=HUNG_UNTIL_HARD_LIMIT),
         Variant("idle-pooled-pre-ping", Role.PARTIAL_FIX, {**POOLED, "pre_ping": True},
                 workload=IDLE, expect=HUNG_UNTIL_HARD_LIMIT),
         Variant("idle-pooled-pre-ping-command-timeout", Role.FIX,
                 {**POOLED, "pre_ping": True, **COMMAND_TIMEOUT}, workload=IDLE,
-                not_for={"psycopg": NO_COMMAND_TIMEOUT}, expect=clean()),
+                not_for={"psycopg": NO_COMMAND_TIMEOUT},
+                expect=asyncpg_bounded_from_031(clean())),
         Variant("connect-no-timeouts", Role.BAD, NULLPOOL, workload=IDLE,
                 expect=HUNG_UNTIL_HARD_LIMIT),
         Variant("connect-timeout", Role.FIX, {**NULLPOOL, "connect_timeout_s": 2},

@@ -135,6 +135,15 @@ RAW_ON_SA20 = ("SQLAlchemy < 2.1 raises asyncpg's connect error unwrapped, so au
                "DBAPIError does not retry it and autoretry_for=asyncpg.PostgresError does")
 
 
+# Observed in the default matrix (2026-11-30, asyncpg 0.30.0 against 0.32.0; 0.31
+# unobserved): asyncpg < 0.31 names its statements (__asyncpg_stmt_N__) whatever the
+# name function says, so behind PgBouncer a server connection another client used
+# already has the name: DuplicatePreparedStatementError at connect, never retried.
+NAMED_BEFORE_031 = ("asyncpg < 0.31 names the statements it prepares at connect "
+                    "(__asyncpg_stmt_N__), and behind PgBouncer the name already exists "
+                    "on a server connection another client used (observed on 0.30.0)")
+
+
 def on_sqlalchemy_20(older, newer):
     """``older`` for asyncpg on SQLAlchemy < 2.1, ``newer`` from 2.1 on."""
     return before_package("sqlalchemy", "2.1", older, newer, why=RAW_ON_SA20)
@@ -149,7 +158,8 @@ SCENARIO = Scenario(
                       start_together=True),
     stack=StackSpec(max_connections=9),
     setup_sql=(CREATE_APP_ROLE,),
-    signatures=(sig.POOL_TIMEOUT, sig.TOO_MANY_CLIENTS, sig.PSYCOPG_NO_CONNECTION_SLOTS),
+    signatures=(sig.POOL_TIMEOUT, sig.TOO_MANY_CLIENTS, sig.PSYCOPG_NO_CONNECTION_SLOTS,
+                sig.PREPARED_STATEMENT_EXISTS),
     claim=Claim(
         error="sqlalchemy.exc.TimeoutError on pool.connect() after task retry storm",
         fix="With NullPool, pool exhaustion is impossible (no pool). Switch to NullPool",
@@ -187,7 +197,10 @@ SCENARIO = Scenario(
                 {**STORM, **FIXED_COUNTDOWN, **NULLPOOL, "login_role": None,
                  "uuid_statement_names": True},
                 stack=StackSpec(pgbouncer=True, max_connections=9, pgbouncer_pool_size=4),
-                expect=clean()),
+                expect={"asyncpg": before_package(
+                    "asyncpg", "0.31", reproduces("prepared-statement-exists"), clean(),
+                    why=NAMED_BEFORE_031),
+                        "psycopg": clean()}),
     ),
 )
 
