@@ -230,7 +230,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
 
     The verbose words stay PASSED/FAILED/SKIPPED (``harness matrix`` counts them).
     """
-    result = dict(report.user_properties).get(RESULT_KEY)
+    result = dict(getattr(report, "user_properties", ())).get(RESULT_KEY)
     if result is None:
         return None
     if report.skipped and report.when == "setup":
@@ -280,7 +280,10 @@ class _Recorder:
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int) -> None:
         if self.is_worker:
             return
-        if exitstatus == pytest.ExitCode.INTERRUPTED:
+        # pytest says INTERRUPTED for a collection error too: nothing was collected and no
+        # signal came, so there is no "stopped by" to report (pytest shows the error).
+        if exitstatus == pytest.ExitCode.INTERRUPTED \
+                and (self.state.collected or interrupts.received() is not None):
             self._not_run(terminalreporter)
         if not self.state.results:
             return

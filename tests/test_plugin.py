@@ -137,6 +137,18 @@ def test_a_module_without_scenario_is_a_clear_error(pytester, monkeypatch):
     run.stdout.fnmatch_lines(["*declares no SCENARIO = Scenario(...)*"])
 
 
+def test_a_scenario_that_does_not_import_shows_its_error_not_a_plugin_crash(pytester,
+                                                                            monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makepyfile(test_broken="SCENARIO = (\n")
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert run.ret == pytest.ExitCode.INTERRUPTED
+    output = run.stdout.str() + run.stderr.str()
+    assert "SyntaxError" in output and "ERROR test_broken.py" in output
+    # Not the plugin's own failure, and not an interrupt it never received.
+    assert "AttributeError" not in output and "stopped by" not in output
+
+
 def test_scenario_and_variant_options_select_and_refuse_unknown_names(demo):
     run = demo.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q",
                                     "--variant", "works")
