@@ -63,11 +63,13 @@ from harness.plugin import assert_expected
 from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, reproduces
 from harness.signatures import Signature
 
-# Ten calls on two processes; the first announces 'running' and Redis restarts right
-# then, while that call works on (3 s) and the others wait in the worker's prefetch or
-# in the queue. Four more calls go once Redis answers again.
+# Eight calls on one process; the first announces 'running' and Redis restarts right
+# then, while that call works on (3 s), one more waits in the worker's prefetch and
+# six in the queue. Four more calls go once Redis answers again. One process, so that
+# no other call is between its delivery and its acknowledgement when Redis saves: a
+# call caught there is saved as unacknowledged and runs twice, early ack or not.
 RESTART = Workload(
-    task="write_row", calls=10, concurrency=2, timeout_s=30.0, ignore_result=True,
+    task="write_row", calls=8, concurrency=1, timeout_s=30.0, ignore_result=True,
     faults=(Fault("restart-redis", at_point("running", hold=False)),), calls_after_faults=4,
     runs_sql="select token, started, worker_pid from runs")
 PERSISTED = replace(RESTART, faults=(
@@ -77,10 +79,15 @@ NULLPOOL = {"pool": "null"}
 ACKS_LATE = {**NULLPOOL, "acks_late": True}
 # Unacknowledged messages come back 8 s after delivery, and kombu looks every second.
 FAST_RESTORE = {"visibility_timeout_s": 8, "fast_restore": True}
-# The first call works 10 s; its message comes back after 6 s, while it still runs.
-SHORT_VISIBILITY = {"visibility_timeout_s": 6, "fast_restore": True, "first_call_work_s": 10,
-                    "write_first": True}
+# The first call writes its row, then works 8 s; its message comes back after 5 s, while
+# it still runs. A body refuses its third run (RedeliveryLoop), so a loop ends.
+SHORT_VISIBILITY = {"visibility_timeout_s": 5, "fast_restore": True, "first_call_work_s": 8,
+                    "write_first": True, "max_runs": 2}
+LONG_VISIBILITY = {**SHORT_VISIBILITY, "visibility_timeout_s": 60}
 
+REDELIVERY_LOOP = Signature(
+    "redelivery-loop", "scenarios.apps.broker_restart.RedeliveryLoop",
+    description="A call's body ran again and again: its message kept coming back.")
 DUPLICATE_WRITE = Signature(
     "duplicate-write", "scenarios.apps.broker_restart.DuplicateWrite",
     description="A call found its row committed twice: its message was delivered again "
@@ -90,7 +97,8 @@ SCENARIO = Scenario(
     id="broker-restart",
     app="scenarios.apps.broker_restart",
     workload=RESTART,
-    signatures=(sig.CALL_LOST, sig.NOT_CONSUMED, sig.CALL_ABANDONED, DUPLICATE_WRITE),
+    signatures=(sig.CALL_LOST, sig.NOT_CONSUMED, sig.CALL_ABANDONED, DUPLICATE_WRITE,
+                REDELIVERY_LOOP),
     claim=Claim(
         error="(none quoted: a production fault)",
         fix="task_acks_late=True: messages are acknowledged after the task has run "
@@ -130,11 +138,14 @@ SCENARIO = Scenario(
         Variant("visibility-shorter-than-task", Role.BAD, {**ACKS_LATE, **SHORT_VISIBILITY},
                 workload=PERSISTED, expect=reproduces("duplicate-write"),
                 description="task_acks_late, Redis persists, the first call writes its row "
-                            "and works 10 s; the visibility timeout is 6 s."),
-        Variant("visibility-shorter-idempotent", Role.FIX,
+                            "and works 8 s; the visibility timeout is 5 s."),
+        Variant("visibility-shorter-idempotent", Role.BAD,
                 {**ACKS_LATE, **SHORT_VISIBILITY, "idempotency_key": True},
-                workload=PERSISTED, expect=clean(),
+                workload=PERSISTED, expect=reproduces("redelivery-loop"),
                 description="the same with an INSERT keyed by the call's token."),
+        Variant("visibility-longer-than-task", Role.FIX, {**ACKS_LATE, **LONG_VISIBILITY},
+                workload=PERSISTED, expect=clean(),
+                description="the same plain INSERT with a visibility timeout of 60 s."),
         Variant("cancel-on-connection-loss", Role.BAD,
                 {**ACKS_LATE, **FAST_RESTORE, "cancel_on_connection_loss": True},
                 workload=PERSISTED, expect=reproduces("call-abandoned"),

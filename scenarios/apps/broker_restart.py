@@ -6,7 +6,9 @@ runs it again):
 
 1. records the run in ``runs`` (token, pool process pid, start time), committed at once:
    the harness's witness of which calls ran, since a Redis restart takes Celery's
-   results and the harness's counters with it (``Workload.runs_sql``);
+   results and the harness's counters with it (``Workload.runs_sql``). A call whose
+   body has already run ``max_runs`` times raises :class:`RedeliveryLoop` instead:
+   a message that comes back for ever becomes a failed call, not a starved queue;
 2. the call with index 0 announces the point ``running``: the variant's Redis fault
    fires then, while this call runs and the others wait in the queue or in the
    worker's prefetch. The cue does not hold the call (``at_point(..., hold=False)``):
@@ -31,6 +33,7 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
     visibility_timeout_s: the Redis transport's ``visibility_timeout``: an
         unacknowledged message older than this is delivered again.
     write_first: insert the row before the work instead of after it.
+    max_runs: runs of one call's body after which it raises RedeliveryLoop.
     fast_restore: sweep for such messages every second (kombu 5.7 sweeps every 100 s
         by default: ``unacked_restore_interval`` x ``unacked_restore_throttle``).
     idempotency_key: insert keyed by the call's token with ``ON CONFLICT DO NOTHING``.
@@ -66,6 +69,8 @@ SETTINGS = settings(
     Knob("work_s", (int, float), 0.5, "seconds each call works before it writes its row"),
     Knob("write_first", bool, False,
          "write the row first, then work (as a task that writes, then calls an API)"),
+    Knob("max_runs", int, None,
+         "runs of one call's body after which it refuses to run again (None: no bound)"),
     Knob("first_call_work_s", (int, float), 3,
          "seconds the first call works: it is running while Redis restarts"),
 )
@@ -89,6 +94,7 @@ if TRANSPORT:
 IDEMPOTENT: bool = SETTINGS.get("idempotency_key")
 WORK_S: float = float(SETTINGS.get("work_s"))
 FIRST_CALL_WORK_S: float = float(SETTINGS.get("first_call_work_s"))
+MAX_RUNS: int | None = SETTINGS.get("max_runs")
 WRITE_FIRST: bool = SETTINGS.get("write_first")
 RUNNER = LoopRunner(SETTINGS.get("loop"))
 _engine: AsyncEngine | None = None
@@ -102,6 +108,10 @@ KEYED_INSERT = ("insert into writes (token, idem_key, pid) values (:t, :t, pg_ba
 
 class DuplicateWrite(Exception):
     """A call found its own row committed more than once."""
+
+
+class RedeliveryLoop(Exception):
+    """A call's body has already run ``max_runs`` times: its message keeps coming back."""
 
 
 @worker_process_init.connect
@@ -120,6 +130,11 @@ async def write(token: str) -> None:
     """One run of the body (see the module docstring for its steps)."""
     async with engine().begin() as conn:
         await conn.execute(text(RECORD_RUN), {"t": token, "pid": os.getpid()})
+        runs = (await conn.execute(text("select count(*) from runs where token = :t"),
+                                   {"t": token})).scalar_one()
+    if MAX_RUNS is not None and runs > MAX_RUNS:
+        raise RedeliveryLoop(f"call {token}: its body has run {runs - 1} times already; "
+                             f"its message keeps coming back")
     work_s = WORK_S
     if call_index(token) == 0:
         reach(app, "running")
