@@ -187,6 +187,16 @@ class StackSpec:
     # More pgbouncer.ini settings, (key, value) pairs that replace the harness's own:
     # (("query_wait_timeout", "2"), ("ignore_startup_parameters", "extra_float_digits")).
     pgbouncer_config: tuple[tuple[str, str], ...] = ()
+    # The app logs in as a role that is not a superuser (made with a generated password),
+    # so the connections PostgreSQL reserves for superusers stay the harness's when the
+    # app takes every other slot. Direct connections only: PgBouncer's auth file has
+    # the superuser alone.
+    app_role: bool = False
+
+    def __post_init__(self) -> None:
+        if self.app_role and self.pgbouncer:
+            raise ValueError("StackSpec(app_role=True) is for direct connections: PgBouncer's "
+                             "auth file knows the superuser only")
     # A fault proxy (harness/faults/proxy.py) between the worker and the database (or
     # PgBouncer), started for each variant run: the proxy-* faults act on it.
     proxy: bool = False

@@ -20,9 +20,10 @@ from typing import Any
 from harness.scenario import StackSpec
 from harness.services import PgBouncerSettings, PostgresSettings
 from harness.services.backends import LOCAL, Backend
-from harness.services.base import PostgresService, RedisService, Service
+from harness.services.base import PostgresService, RedisService, Service, generate_password
 
 DRIVER_SCHEMES = {"asyncpg": "postgresql+asyncpg", "psycopg": "postgresql+psycopg"}
+APP_ROLE = "harness_app"  # StackSpec(app_role=True): the app logs in as this, not as superuser
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,27 @@ class Stack:
 
     def database_url(self, driver: str, dbname: str, via: Any | None = None) -> str:
         """The SQLAlchemy URL a scenario's app uses: through PgBouncer if the spec says so,
-        and through the fault proxy ``via`` when there is one."""
+        and through the fault proxy ``via`` when there is one; as the app role when the
+        spec asks for one."""
         front = via or self.pgbouncer or self.postgres
-        pg = self.postgres
-        return (f"{DRIVER_SCHEMES[driver]}://{pg.user}:{pg.password}@{front.host}:{front.port}"
+        user, password = (APP_ROLE, self.app_role_password()) if self.spec.app_role \
+            else (self.postgres.user, self.postgres.password)
+        return (f"{DRIVER_SCHEMES[driver]}://{user}:{password}@{front.host}:{front.port}"
                 f"/{dbname}")
+
+    def app_role_password(self) -> str:
+        """The app role's password, the role made on first use (once per server).
+
+        A login that is not a superuser: PostgreSQL keeps ``superuser_reserved_connections``
+        for the harness's own connections when the app takes every other slot.
+        """
+        pg = self.postgres
+        password = getattr(pg, "app_role_password", None)
+        if password is None:
+            password = generate_password()  # URL- and SQL-safe characters only
+            pg.execute(f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{password}'")
+            pg.app_role_password = password
+        return password
 
     @contextmanager
     def fault_proxy(self) -> Iterator[Any]:

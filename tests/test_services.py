@@ -147,3 +147,25 @@ def test_a_pgbouncer_setting_that_is_not_one_line_is_refused():
         pgbouncer_ini(PgBouncerSettings(extra=(("auth_file", "/x\nadmin_users = *"),)),
                       server=("127.0.0.1", 5432), listen=("127.0.0.1", 6432),
                       auth_file="/x", admin_user="u")
+
+
+def test_an_app_role_logs_in_without_superuser_rights():
+    """StackSpec(app_role=True): the app's URL names a role that is not a superuser, with
+    a generated password, so PostgreSQL's reserved slots stay the harness's."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    pool = StackPool()
+    try:
+        stack = pool.get(StackSpec(app_role=True))
+        with stack.fresh_database("app-role") as dbname:
+            url = make_url(stack.database_url("psycopg", dbname))
+            assert url.username == "harness_app" and url.password != stack.postgres.password
+            with psycopg.connect(host=url.host, port=url.port, user=url.username,
+                                 password=url.password, dbname=dbname) as conn:
+                assert conn.execute("select rolsuper from pg_roles where rolname = "
+                                    "current_user").fetchone() == (False,)
+        with pytest.raises(ValueError, match="direct connections"):
+            StackSpec(app_role=True, pgbouncer=True)
+    finally:
+        pool.close()

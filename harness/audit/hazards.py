@@ -85,9 +85,10 @@ def hazards(config: AuditConfig) -> list[Hazard]:
                stack=StackSpec(pgbouncer=True, pgbouncer_pool_size=2), needs_pgbouncer=True),
         Hazard("connection-storm", "retry-storm",
                "8 calls on 4 processes, 3 connections each at once for 1 s, against a server "
-               "that allows 9, with your retry policy",
+               "that allows 6 (9, 3 kept for superusers), with your retry policy",
                Workload(task="probe", calls=8, concurrency=4, timeout_s=150),
-               knobs={"connections": 3, "hold_s": 1}, stack=StackSpec(max_connections=9)),
+               knobs={"connections": 3, "hold_s": 1},
+               stack=StackSpec(max_connections=9, app_role=True)),
         Hazard("soft-time-limit", "soft-time-limit",
                f"the first of 6 calls on 1 process runs a {slow_s:g} s query that the soft "
                f"time limit ends; the next calls use what it left",
