@@ -145,7 +145,8 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                 broker_url=stack.redis.url(), queue=f"harness.{uuid.uuid4().hex}",
                 config=variant.config,
                 start_together=workload.concurrency if workload.start_together else 0,
-                cue_points=FaultInjector.points(workload.faults))
+                cue_points=FaultInjector.points(workload.faults),
+                cue_passing=FaultInjector.passing_points(workload.faults))
             worker = CeleryWorker(app_module=scenario.app, settings=settings, log_path=log_path,
                                   concurrency=workload.concurrency, project_root=project_root,
                                   extra_args=workload.worker_args)

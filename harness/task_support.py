@@ -57,22 +57,25 @@ class WorkerSettings:
     config: Mapping[str, Any]
     start_together: int = 0  # processes whose first calls start at once (0: no barrier)
     cue_points: tuple[str, ...] = ()  # points a fault waits at (harness.faults.cues.reach)
+    cue_passing: tuple[str, ...] = ()  # of those, points a task announces and passes at once
     knobs: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_variant(cls, *, scenario: str, variant: str, driver: str, database_url: str,
                     broker_url: str, queue: str, config: Mapping[str, Any],
-                    start_together: int = 0, cue_points: Iterable[str] = ()) -> WorkerSettings:
+                    start_together: int = 0, cue_points: Iterable[str] = (),
+                    cue_passing: Iterable[str] = ()) -> WorkerSettings:
         """The settings the harness hands a worker (the one place they are built)."""
         return cls(scenario, variant, driver, database_url, broker_url, queue, dict(config),
-                   start_together, tuple(cue_points))
+                   start_together, tuple(cue_points), tuple(cue_passing))
 
     def to_env(self) -> dict[str, str]:
         """The worker's environment variable that carries these settings."""
         fields = {"scenario": self.scenario, "variant": self.variant, "driver": self.driver,
                   "database_url": self.database_url, "broker_url": self.broker_url,
                   "queue": self.queue, "config": dict(self.config),
-                  "start_together": self.start_together, "cue_points": list(self.cue_points)}
+                  "start_together": self.start_together, "cue_points": list(self.cue_points),
+                  "cue_passing": list(self.cue_passing)}
         return {CONFIG_ENV: json.dumps(fields)}
 
     def get(self, name: str) -> Any:
@@ -114,6 +117,7 @@ def settings(*declared: Knob | Iterable[Knob]) -> WorkerSettings:
     values = knob_rules.effective(knob_rules.declare(*declared), data["config"],
                                   where=f"{data['scenario']} / {data['variant']}")
     data["cue_points"] = tuple(data.get("cue_points", ()))
+    data["cue_passing"] = tuple(data.get("cue_passing", ()))
     _settings = WorkerSettings(**data, knobs=values)
     return _settings
 

@@ -360,3 +360,11 @@ def test_a_persisted_redis_restart_keeps_the_keys_and_forgets_the_snapshot(redis
     fire, _ = actions.FIRE_AND_HEAL["restart-redis"]
     fire(Target(stack, "", 0))
     assert redis_service.client().get("queued") is None
+
+
+def test_a_point_is_passing_only_when_every_fault_there_lets_the_task_go_on():
+    passing = Fault("restart-redis", at_point("running", hold=False))
+    holding = Fault("kill-child", at_point("running"))
+    assert FaultInjector.passing_points([passing]) == ("running",)
+    assert FaultInjector.passing_points([passing, holding]) == ()
+    assert FaultInjector.points([passing, holding]) == ("running",)

@@ -59,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "<project>/reports/audit)")
     audit.add_argument("--fixes-from", type=Path, metavar="RESULTS_JSON",
                        help="a results.json of 'pytest scenarios/' on the same versions: the "
-                            "report names the fixes it observed clean")
+                            "report names the fixes it observed clean (default: the latest "
+                            "one of the harness's checkout, when it runs from one)")
 
 
 def load_config(args: argparse.Namespace) -> audit_config.AuditConfig:
@@ -75,10 +76,24 @@ def load_config(args: argparse.Namespace) -> audit_config.AuditConfig:
     return preflight.check(found)
 
 
+def checkout_results() -> dict | None:
+    """The latest ``pytest scenarios/`` results of the harness's own checkout, if the
+    harness runs from one (an editable install) and that run wrote any."""
+    latest = Path(__file__).resolve().parents[2] / "reports" / "latest" / "results.json"
+    if not latest.exists():
+        return None
+    try:
+        document = results.load(latest)
+    except HarnessError:
+        return None
+    return document if any(r["scenario"] != "audit" for r in document["results"]) else None
+
+
 def audit_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args)
-        scenarios_doc = results.load(args.fixes_from) if args.fixes_from else None
+        scenarios_doc = results.load(args.fixes_from) if args.fixes_from \
+            else checkout_results()
     except HarnessError as exc:
         print(f"harness audit: {exc}", file=sys.stderr)
         return 2

@@ -59,8 +59,10 @@ class CueNotAnswered(RuntimeError):
 def reach(app: Any, name: str, *, timeout_s: float = REACH_TIMEOUT_S) -> None:
     """Worker side: announce ``name`` and wait until the harness has fired its fault.
 
-    Returns at once when no fault of this variant listens for ``name``. The process
-    may not come back from here: the fault may be a SIGKILL of this very process.
+    Returns at once when no fault of this variant listens for ``name``, and right after
+    announcing it when the fault does not hold the task (``at_point(..., hold=False)``).
+    The process may not come back from here: the fault may be a SIGKILL of this very
+    process.
     """
     from harness.task_support import settings  # worker side only: reads the env
 
@@ -73,6 +75,10 @@ def reach(app: Any, name: str, *, timeout_s: float = REACH_TIMEOUT_S) -> None:
     with_reconnect(lambda: client.rpush(key, json.dumps({"point": name, "pid": os.getpid()})),
                     timeout_s=RIDE_OUT_S)
     with_reconnect(lambda: client.expire(key, KEY_TTL_S), timeout_s=RIDE_OUT_S)
+    if name in s.cue_passing:
+        # The fault may be a Redis restart that would take an answer with it: the
+        # task goes on at once and talks to Redis no more.
+        return
     go_key = GO_KEY.format(queue=s.queue, pid=os.getpid())
     # The fault may restart Redis while this waits: the wait then starts again on the
     # new server, where the harness puts its answer once the restart is done.
@@ -93,11 +99,11 @@ class CueListener:
 
     def __init__(self, redis_client: Any, queue: str,
                  on_point: Callable[[str, int], None],
-                 answer_first: Callable[[str], bool] = lambda _point: False) -> None:
+                 holds: Callable[[str], bool] = lambda _point: True) -> None:
         self._redis = redis_client
         self._queue = queue
         self._on_point = on_point
-        self._answer_first = answer_first
+        self._holds = holds
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"cues-{queue}", daemon=True)
         self.errors: list[str] = []
@@ -129,8 +135,8 @@ class CueListener:
             if item is None:
                 continue
             cue = json.loads(item[1])
-            if self._answer_first(cue["point"]):
-                self._answer(cue)
+            if not self._holds(cue["point"]):
+                # The task did not stop there: fire, and answer nobody.
                 self._on_point(cue["point"], int(cue["pid"]))
                 continue
             try:

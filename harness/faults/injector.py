@@ -57,8 +57,9 @@ class FaultInjector:
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self._began = time.monotonic()
+        passing = self.passing_points(faults)
         self._listener = (CueListener(redis_client, queue, self._on_point,
-                                      answer_first=self._answer_first)
+                                      holds=lambda point: point not in passing)
                           if any(f.cue.point for f in faults) else None)
 
     # --- what the runner asks ---------------------------------------------------------
@@ -66,6 +67,14 @@ class FaultInjector:
     def points(faults: Sequence[Fault]) -> tuple[str, ...]:
         """The points tasks must wait at (passed to the worker's settings)."""
         return tuple(dict.fromkeys(f.cue.point for f in faults if f.cue.point))
+
+    @staticmethod
+    def passing_points(faults: Sequence[Fault]) -> tuple[str, ...]:
+        """Points whose every fault lets the task go on (``at_point(..., hold=False)``):
+        the task announces them and passes; nobody answers."""
+        points = FaultInjector.points(faults)
+        return tuple(p for p in points
+                     if all(not f.cue.hold for f in faults if f.cue.point == p))
 
     def after_calls(self) -> dict[int, Callable[[], None]]:
         """For the worker's run: ``k`` -> fire what waits for k finished calls."""
@@ -116,11 +125,6 @@ class FaultInjector:
             self._heal(record)
 
     # --- firing and healing -----------------------------------------------------------
-    def _answer_first(self, point: str) -> bool:
-        """Does a fault at ``point`` let the task go on before it fires?"""
-        return any(r.fault.cue.point == point and not r.fault.cue.hold and r.fired_at_s is None
-                   for r in self.records)
-
     def _on_point(self, point: str, pid: int) -> None:
         self._fire_where(lambda r: r.fault.cue.point == point, pid=pid)
 

@@ -55,8 +55,9 @@ class Cue:
     """When a fault fires: after ``calls`` finished calls, or at a named point.
 
     ``hold``: the task that reached the point waits there until the fault has fired
-    (the default). Without it the task is answered first and goes on while the fault
-    fires: for a fault that takes away the channel the answer travels on (Redis).
+    (the default). Without it the task announces the point and goes on at once while
+    the fault fires: for a fault that takes away the channel an answer would travel on
+    (a Redis restart loses it).
     """
 
     after_calls: int | None = None
@@ -85,8 +86,8 @@ def after_calls(k: int) -> Cue:
 def at_point(name: str, *, hold: bool = True) -> Cue:
     """Fire when a task first announces ``name`` with :func:`harness.faults.cues.reach`.
 
-    With ``hold=False`` the task is answered before the fault fires, so it is not
-    waiting on Redis (where the cue travels) while, say, Redis restarts.
+    With ``hold=False`` the task announces the point and goes on without waiting, so it
+    is not waiting on Redis (where the cue travels) while, say, Redis restarts.
     """
     return Cue(point=name, hold=hold)
 
