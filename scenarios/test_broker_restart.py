@@ -63,21 +63,23 @@ same outcome words for both drivers)
       visibility timeout of 8 s and a sweep every second: CLEAN, the call runs
       about 8 s later.
     * Redis persists, ``task_acks_late``: CLEAN, no call lost and none run twice.
-    * ``worker_cancel_long_running_tasks_on_connection_loss`` with late acks:
-      REPRODUCED ``call-abandoned``: Celery terminates the running call's process
+    * ``worker_cancel_long_running_tasks_on_connection_loss`` with late acks is not
+      a variant yet: its outcome depends on how long Redis is down. On the local
+      backend (Redis back within 0.3 s) Celery terminated the running call's process
       ("cannot be acknowledged after a connection loss since late acknowledgement is
-      enabled for it. Terminating it instead"), but first stores the call's RETRY
-      state in the result backend, which is the same Redis and is down: "Failed to
-      cancel active request ... after connection loss" (``Error 111 ... Connection
-      refused``). The call never finishes and, within the run, never runs again.
+      enabled for it. Terminating it instead") after failing to store its RETRY state
+      in the result backend, the same Redis ("Failed to cancel active request ...
+      Error 111 ... Connection refused"), and the call was abandoned; on the docker
+      backend, where the restart took 2-3 s, the call once ran again and was
+      written once. A fault that keeps Redis down for a set time would pin it down.
     * A visibility timeout (5 s) shorter than a call that writes its row and then
       works 8 s, late acks: REPRODUCED ``duplicate-write``: the call's message comes
       back while it runs and its second run writes the row again (2 calls, 14 rows
-      for 12). With an idempotency key the write is safe, but the call comes back
-      every 5 s and runs again: REPRODUCED ``redelivery-loop`` (the task refuses a
-      third run), and on one process it holds up every other call (the later calls
-      start 20.7 s after they were sent). A visibility timeout longer than the call
-      (60 s): CLEAN.
+      for 12). With an idempotency key the write is safe, but the message comes
+      back every 5 s for as long as the call takes 8 s, and every time its body runs
+      again on the one process, holding up the other calls: REPRODUCED
+      ``redelivery-loop`` (the task refuses a second run, so that the run ends). A
+      visibility timeout longer than the call (60 s): CLEAN.
 
     Five consecutive runs (``-n 4``) gave the same outcome word in every cell; the
     counts (calls lost, rows) were the same too.
@@ -88,9 +90,10 @@ Fix
     (``task_acks_late``): then a restart loses nothing and runs nothing twice. Keep
     ``visibility_timeout`` longer than the longest call, and make writes idempotent
     for the redeliveries that remain. With early acknowledgement, what the worker had
-    prefetched comes back only after the visibility timeout. Do not count on
-    ``worker_cancel_long_running_tasks_on_connection_loss`` when the result backend
-    is the broker's Redis: its cancel needs that Redis.
+    prefetched comes back only after the visibility timeout.
+    ``worker_cancel_long_running_tasks_on_connection_loss`` stores the cancelled
+    call's state in the result backend; with the broker's Redis as the backend, that
+    store failed while Redis was down (local backend; see above).
 
 Sources
     Celery docs: "Using Redis" (visibility timeout), configuration
@@ -128,9 +131,10 @@ ACKS_LATE = {**NULLPOOL, "acks_late": True}
 # Unacknowledged messages come back 8 s after delivery, and kombu looks every second.
 FAST_RESTORE = {"visibility_timeout_s": 8, "fast_restore": True}
 # The first call writes its row, then works 8 s; its message comes back after 5 s, while
-# it still runs. A body refuses its third run (RedeliveryLoop), so a loop ends.
+# it still runs. With the idempotency key the task refuses a second run (RedeliveryLoop):
+# the message would come back every 5 s for as long as the call takes 8 s.
 SHORT_VISIBILITY = {"visibility_timeout_s": 5, "fast_restore": True, "first_call_work_s": 8,
-                    "write_first": True, "max_runs": 2}
+                    "write_first": True}
 LONG_VISIBILITY = {**SHORT_VISIBILITY, "visibility_timeout_s": 60}
 
 REDELIVERY_LOOP = Signature(
@@ -188,17 +192,12 @@ SCENARIO = Scenario(
                 description="task_acks_late, Redis persists, the first call writes its row "
                             "and works 8 s; the visibility timeout is 5 s."),
         Variant("visibility-shorter-idempotent", Role.BAD,
-                {**ACKS_LATE, **SHORT_VISIBILITY, "idempotency_key": True},
+                {**ACKS_LATE, **SHORT_VISIBILITY, "idempotency_key": True, "max_runs": 1},
                 workload=PERSISTED, expect=reproduces("redelivery-loop"),
                 description="the same with an INSERT keyed by the call's token."),
         Variant("visibility-longer-than-task", Role.FIX, {**ACKS_LATE, **LONG_VISIBILITY},
                 workload=PERSISTED, expect=clean(),
                 description="the same plain INSERT with a visibility timeout of 60 s."),
-        Variant("cancel-on-connection-loss", Role.BAD,
-                {**ACKS_LATE, **FAST_RESTORE, "cancel_on_connection_loss": True},
-                workload=PERSISTED, expect=reproduces("call-abandoned"),
-                description="task_acks_late with worker_cancel_long_running_tasks_on_"
-                            "connection_loss, Redis persists, messages come back after 8 s."),
     ),
 )
 
