@@ -112,7 +112,7 @@ from harness import signatures as sig
 from harness.faults.plan import Fault, at_point
 from harness.plugin import assert_expected
 from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, reproduces
-from harness.signatures import Signature
+from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP
 
 # Eight calls on one process; the first announces 'running' and Redis restarts right
 # then, while that call works on (3 s), one more waits in the worker's prefetch and
@@ -136,14 +136,6 @@ FAST_RESTORE = {"visibility_timeout_s": 8, "fast_restore": True}
 SHORT_VISIBILITY = {"visibility_timeout_s": 5, "fast_restore": True, "first_call_work_s": 8,
                     "write_first": True}
 LONG_VISIBILITY = {**SHORT_VISIBILITY, "visibility_timeout_s": 60}
-
-REDELIVERY_LOOP = Signature(
-    "redelivery-loop", "scenarios.apps.broker_restart.RedeliveryLoop",
-    description="A call's body ran again and again: its message kept coming back.")
-DUPLICATE_WRITE = Signature(
-    "duplicate-write", "scenarios.apps.broker_restart.DuplicateWrite",
-    description="A call found its row committed twice: its message was delivered again "
-                "after its first run had written.")
 
 SCENARIO = Scenario(
     id="broker-restart",

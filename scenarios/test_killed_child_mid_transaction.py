@@ -155,6 +155,7 @@ from harness.scenario import (
     reproduces,
 )
 from harness.signatures import Signature
+from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP
 
 # 4 calls on 2 processes; every fault lands on the first call to reach its point
 # (the fault fires once, so a redelivered call passes the point). The stopped
@@ -205,17 +206,10 @@ POOL_PROCESS_LOST = Signature(
     "pool-process-lost", "billiard.exceptions.WorkerLostError",
     description="Celery reports the call failed because the pool process running it died "
                 "(WorkerLostError: 'Worker exited prematurely').")
-DUPLICATE_WRITE = Signature(
-    "duplicate-write", "scenarios.apps.killed_child_mid_transaction.DuplicateWrite",
-    description="A call found its row committed twice: its message was redelivered after "
-                "its first run had committed.")
 IDLE_IN_TRANSACTION_TIMEOUT = Signature(
     "idle-in-transaction-timeout", "Exception", sqlstate="25P03",
     description="The server ended a session that sat idle inside its transaction longer than "
                 "idle_in_transaction_session_timeout; the call failed at its next statement.")
-REDELIVERY_LOOP = Signature(
-    "redelivery-loop", "scenarios.apps.killed_child_mid_transaction.RedeliveryLoop",
-    description="A call's body ran again and again: its message kept coming back.")
 
 SCENARIO = Scenario(
     id="killed-child-mid-transaction",

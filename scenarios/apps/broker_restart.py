@@ -54,6 +54,7 @@ from harness.faults.cues import reach
 from harness.knobs import Knob
 from harness.task_support import call_index, make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
+from scenarios.apps.redelivery import DuplicateWrite, RedeliveryLoop
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -106,12 +107,6 @@ KEYED_INSERT = ("insert into writes (token, idem_key, pid) values (:t, :t, pg_ba
                 "on conflict (idem_key) do nothing")
 
 
-class DuplicateWrite(Exception):
-    """A call found its own row committed more than once."""
-
-
-class RedeliveryLoop(Exception):
-    """A call's body has already run ``max_runs`` times: its message keeps coming back."""
 
 
 @worker_process_init.connect
