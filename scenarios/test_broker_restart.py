@@ -81,8 +81,15 @@ same outcome words for both drivers)
       ``redelivery-loop`` (the task refuses a second run, so that the run ends). A
       visibility timeout longer than the call (60 s): CLEAN.
 
-    Five consecutive runs (``-n 4``) gave the same outcome word in every cell; the
-    counts (calls lost, rows) were the same too.
+    Five consecutive runs (``-n 4``, the last ones with other scenario runs sharing
+    the machine) gave the same outcome word in every cell, and the same counts; the
+    docker backend gives the same cells.
+
+    On kombu 5.3.7 (Celery 5.4.0, redis-py 5.3.1) the losses are the same and the
+    worker also consumes again after 2.9 s, but the Redis transport has no setting
+    for its sweep and, within the run, no unacknowledged message came back: the
+    prefetched call stays lost with a visibility timeout of 8 s, and a 5 s
+    visibility timeout repeats nothing (the three cells follow a version rule).
 
 Fix
     Make the broker keep what it holds (Redis persistence: RDB save points at least,
@@ -111,7 +118,16 @@ from dataclasses import replace
 from harness import signatures as sig
 from harness.faults.plan import Fault, at_point
 from harness.plugin import assert_expected
-from harness.scenario import Claim, Role, Scenario, Variant, Workload, clean, reproduces
+from harness.scenario import (
+    Claim,
+    Role,
+    Scenario,
+    Variant,
+    Workload,
+    before_package,
+    clean,
+    reproduces,
+)
 from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP
 
 # Eight calls on one process; the first announces 'running' and Redis restarts right
@@ -125,6 +141,19 @@ RESTART = Workload(
     runs_sql="select token, started, worker_pid from runs")
 PERSISTED = replace(RESTART, faults=(
     Fault("restart-redis-persisted", at_point("running", hold=False)),))
+
+# Observed with kombu 5.3.7 (Celery 5.4.0, redis-py 5.3.1; harness matrix with
+# UV_CONSTRAINT kombu<5.4) against kombu 5.7.0; 5.4-5.6 unobserved.
+NO_FAST_SWEEP = ("kombu < 5.7 (observed on 5.3.7): the Redis transport has no "
+                 "unacked_restore_interval / unacked_restore_throttle, and within the run no "
+                 "unacknowledged message came back, so a short visibility timeout neither "
+                 "returns the prefetched call nor repeats the running one")
+
+
+def fast_sweep_from_kombu_57(older, newer):
+    """``newer`` where kombu sweeps every second as asked, ``older`` before."""
+    return before_package("kombu", "5.7", older, newer, why=NO_FAST_SWEEP)
+
 
 NULLPOOL = {"pool": "null"}
 ACKS_LATE = {**NULLPOOL, "acks_late": True}
@@ -172,7 +201,8 @@ SCENARIO = Scenario(
                 description="early ack, Redis persists: the queue survives, the worker's "
                             "prefetched calls wait in 'unacked' for the visibility timeout."),
         Variant("persisted-fast-restore", Role.FIX, {**NULLPOOL, **FAST_RESTORE},
-                workload=PERSISTED, expect=clean(),
+                workload=PERSISTED,
+                expect=fast_sweep_from_kombu_57(reproduces("call-lost"), clean()),
                 description="early ack, Redis persists, visibility_timeout 8 s and a "
                             "sweep every second."),
         Variant("persisted-acks-late", Role.FIX, ACKS_LATE, workload=PERSISTED,
@@ -180,12 +210,14 @@ SCENARIO = Scenario(
                 description="task_acks_late, Redis persists."),
         # Late acknowledgement with a visibility timeout shorter than a call.
         Variant("visibility-shorter-than-task", Role.BAD, {**ACKS_LATE, **SHORT_VISIBILITY},
-                workload=PERSISTED, expect=reproduces("duplicate-write"),
+                workload=PERSISTED,
+                expect=fast_sweep_from_kombu_57(clean(), reproduces("duplicate-write")),
                 description="task_acks_late, Redis persists, the first call writes its row "
                             "and works 8 s; the visibility timeout is 5 s."),
         Variant("visibility-shorter-idempotent", Role.BAD,
                 {**ACKS_LATE, **SHORT_VISIBILITY, "idempotency_key": True, "max_runs": 1},
-                workload=PERSISTED, expect=reproduces("redelivery-loop"),
+                workload=PERSISTED,
+                expect=fast_sweep_from_kombu_57(clean(), reproduces("redelivery-loop")),
                 description="the same with an INSERT keyed by the call's token."),
         Variant("visibility-longer-than-task", Role.FIX, {**ACKS_LATE, **LONG_VISIBILITY},
                 workload=PERSISTED, expect=clean(),
