@@ -251,30 +251,36 @@ SERVER_ENDED_SESSION = Signature(
     description="PostgreSQL ended the session (pg_terminate_backend or a shutdown): "
                 "psycopg reports 'terminating connection due to administrator command' "
                 "on the connection's next use.")
+def _harness_record(name: str, message: str) -> ErrorRecord:
+    """A record the harness builds itself for a call that raised nothing anywhere."""
+    return ErrorRecord(chain=(ExceptionInfo(name, (name,), message),))
+
+
+# Told from the task's own record of its runs (harness/call_trace.py).
 CALL_LOST = Signature(
     "call-lost", "harness.CallLost",
     description="A call sent before a fault never ran: its message was lost with what the "
                 "broker held (the task's own record of its runs has no row for it).")
-CALL_LOST_RECORD = ErrorRecord(chain=(ExceptionInfo(
-    "harness.CallLost", ("harness.CallLost",),
+CALL_LOST_RECORD = _harness_record(
+    "harness.CallLost",
     "the call was sent before the fault, no run of its body was recorded, and nothing was "
-    "reported for it by the deadline: its message was lost"),))
+    "reported for it by the deadline: its message was lost")
 CALL_ABANDONED = Signature(
     "call-abandoned", "harness.CallAbandoned",
     description="A call's body started in a pool process that is gone (killed, or "
                 "terminated by Celery) and never finished, reported or ran again.")
-CALL_ABANDONED_RECORD = ErrorRecord(chain=(ExceptionInfo(
-    "harness.CallAbandoned", ("harness.CallAbandoned",),
+CALL_ABANDONED_RECORD = _harness_record(
+    "harness.CallAbandoned",
     "the call's body started in a pool process that no longer exists, and the call never "
-    "finished, was never reported and never ran again by the deadline"),))
+    "finished, was never reported and never ran again by the deadline")
 NOT_CONSUMED = Signature(
     "not-consumed", "harness.NotConsumed",
     description="A call sent after the fault (the broker answering again) never ran: the "
                 "worker did not consume again before the deadline.")
-NOT_CONSUMED_RECORD = ErrorRecord(chain=(ExceptionInfo(
-    "harness.NotConsumed", ("harness.NotConsumed",),
+NOT_CONSUMED_RECORD = _harness_record(
+    "harness.NotConsumed",
     "the call was sent after the fault, with the broker answering again, and no run of its "
-    "body was recorded by the deadline: the worker did not consume it"),))
+    "body was recorded by the deadline: the worker did not consume it")
 
 CATALOGUE: dict[str, Signature] = {
     s.name: s for s in [

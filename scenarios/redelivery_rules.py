@@ -2,6 +2,10 @@
 
 from harness.signatures import Signature
 
+# The table scenarios/apps/redelivery.py writes to (setup_sql of each scenario).
+WRITES_TABLE = ("create table writes (id bigserial primary key, token text not null, "
+                "idem_key text unique, pid integer not null)")
+
 DUPLICATE_WRITE = Signature(
     "duplicate-write", "scenarios.apps.redelivery.DuplicateWrite",
     description="A call found its row committed twice: its message was delivered again "

@@ -128,7 +128,7 @@ from harness.scenario import (
     clean,
     reproduces,
 )
-from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP
+from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP, WRITES_TABLE
 
 # Eight calls on one process; the first announces 'running' and Redis restarts right
 # then, while that call works on (3 s), one more waits in the worker's prefetch and
@@ -181,8 +181,7 @@ SCENARIO = Scenario(
     setup_sql=(
         ("create table runs (id bigserial primary key, token text not null, "
          "worker_pid integer not null, started double precision not null)"),
-        ("create table writes (id bigserial primary key, token text not null, "
-         "idem_key text unique, pid integer not null)"),
+        WRITES_TABLE,
     ),
     inspect_sql={
         "writes": "select count(*), count(distinct token) from writes",

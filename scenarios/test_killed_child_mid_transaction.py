@@ -155,7 +155,7 @@ from harness.scenario import (
     reproduces,
 )
 from harness.signatures import Signature
-from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP
+from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP, WRITES_TABLE
 
 # 4 calls on 2 processes; every fault lands on the first call to reach its point
 # (the fault fires once, so a redelivered call passes the point). The stopped
@@ -226,8 +226,7 @@ SCENARIO = Scenario(
         signature="pool-process-lost", bad="defaults", fixed="acks-late",
         source="Celery's documentation"),
     setup_sql=(
-        ("create table writes (id bigserial primary key, token text not null, "
-         "idem_key text unique, pid integer not null)"),
+        WRITES_TABLE,
         ("create table attempts (id bigserial primary key, token text not null, "
          "pid integer not null)"),
         "create table hot (id integer primary key, n integer not null)",

@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 from harness.audit.config import BUILTIN_RUNNERS, AuditConfig

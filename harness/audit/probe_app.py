@@ -36,7 +36,6 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from harness.audit.config import AuditConfig
 from harness.faults.cues import reach

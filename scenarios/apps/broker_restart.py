@@ -54,7 +54,13 @@ from harness.faults.cues import reach
 from harness.knobs import Knob
 from harness.task_support import call_index, make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
-from scenarios.apps.redelivery import DuplicateWrite, RedeliveryLoop
+from scenarios.apps.redelivery import (
+    KEYED_INSERT,
+    PLAIN_INSERT,
+    ROWS_OF_CALL,
+    DuplicateWrite,
+    RedeliveryLoop,
+)
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -102,11 +108,6 @@ _engine: AsyncEngine | None = None
 
 RECORD_RUN = ("insert into runs (token, worker_pid, started) "
               "values (:t, :pid, extract(epoch from clock_timestamp()))")
-PLAIN_INSERT = "insert into writes (token, pid) values (:t, pg_backend_pid())"
-KEYED_INSERT = ("insert into writes (token, idem_key, pid) values (:t, :t, pg_backend_pid()) "
-                "on conflict (idem_key) do nothing")
-
-
 
 
 @worker_process_init.connect
@@ -147,7 +148,7 @@ async def write_row_once(token: str) -> None:
     async with engine().begin() as conn:
         await conn.execute(text(KEYED_INSERT if IDEMPOTENT else PLAIN_INSERT), {"t": token})
     async with engine().connect() as conn:
-        rows = (await conn.execute(text("select count(*) from writes where token = :t"),
+        rows = (await conn.execute(text(ROWS_OF_CALL),
                                    {"t": token})).scalar_one()
     if rows > 1:
         raise DuplicateWrite(f"call {token}: {rows} rows committed for one call")

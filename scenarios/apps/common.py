@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
@@ -98,11 +98,21 @@ def engine_kwargs(settings: WorkerSettings) -> dict[str, Any]:
     return kwargs
 
 
-def make_engine(settings: WorkerSettings, login_role: str | None = None) -> AsyncEngine:
-    """The engine the variant's configuration describes (as ``login_role`` if given)."""
+def make_engine(settings: WorkerSettings, login_role: str | None = None, *,
+                connect_args_under: Mapping[str, Any] | None = None,
+                connect_args_over: Mapping[str, Any] | None = None) -> AsyncEngine:
+    """The engine the variant's configuration describes (as ``login_role`` if given).
+
+    An app's own driver arguments go ``under`` the variant's ``connect_args`` (defaults
+    a variant may change) or ``over`` them (what the app's knobs decide).
+    """
     url = make_url(settings.database_url)
     if login_role:
         url = url.set(username=login_role, password=login_role)
     if settings.get("url_query"):
         url = url.update_query_dict(dict(settings.get("url_query")))
-    return create_async_engine(url, **engine_kwargs(settings))
+    kwargs = engine_kwargs(settings)
+    if connect_args_under or connect_args_over:
+        kwargs["connect_args"] = {**(connect_args_under or {}), **kwargs.get("connect_args", {}),
+                                  **(connect_args_over or {})}
+    return create_async_engine(url, **kwargs)

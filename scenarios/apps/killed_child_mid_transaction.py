@@ -60,15 +60,20 @@ from typing import Any
 
 from celery.signals import worker_process_init
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from harness.faults.cues import reach
 from harness.knobs import Knob
 from harness.task_support import call_index, count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, engine_kwargs
-from scenarios.apps.redelivery import DuplicateWrite, RedeliveryLoop
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
+from scenarios.apps.redelivery import (
+    KEYED_INSERT,
+    PLAIN_INSERT,
+    ROWS_OF_CALL,
+    DuplicateWrite,
+    RedeliveryLoop,
+)
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -102,22 +107,11 @@ MAX_ATTEMPTS: int = SETTINGS.get("max_attempts")
 RUNNER = LoopRunner(SETTINGS.get("loop"))
 _engine: AsyncEngine | None = None
 
-PLAIN_INSERT = "insert into writes (token, pid) values (:t, pg_backend_pid())"
-KEYED_INSERT = ("insert into writes (token, idem_key, pid) values (:t, :t, pg_backend_pid()) "
-                "on conflict (idem_key) do nothing")
-
-
-
 
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
     global _engine
-    kwargs = engine_kwargs(SETTINGS)
-    kwargs["connect_args"] = {**kwargs.get("connect_args", {}), **timeout_connect_args()}
-    url = make_url(SETTINGS.database_url)
-    if SETTINGS.get("url_query"):
-        url = url.update_query_dict(dict(SETTINGS.get("url_query")))
-    _engine = create_async_engine(url, **kwargs)
+    _engine = make_engine(SETTINGS, connect_args_over=timeout_connect_args())
     RUNNER.after_fork()
 
 
@@ -167,7 +161,7 @@ async def write_row(token: str) -> str:
             reach(app, "inserted")
         count(app, "committed")
         reach(app, "committed")
-        rows = (await session.execute(text("select count(*) from writes where token = :t"),
+        rows = (await session.execute(text(ROWS_OF_CALL),
                                       {"t": token})).scalar_one()
     if rows > 1:
         raise DuplicateWrite(f"call {token}: {rows} rows committed for one call")

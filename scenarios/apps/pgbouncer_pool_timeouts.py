@@ -44,14 +44,13 @@ from collections.abc import Awaitable, Callable
 
 from celery.signals import worker_process_init
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.faults.cues import reach
 from harness.knobs import Knob
 from harness.task_support import call_index, count, make_app, settings
-from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, engine_kwargs
+from scenarios.apps.common import ENGINE_KNOBS, LOOP, LoopRunner, make_engine
 
 SETTINGS = settings(
     ENGINE_KNOBS, LOOP,
@@ -78,12 +77,7 @@ class PeerSilent(Exception):
 @worker_process_init.connect
 def create_engine_after_fork(**_: object) -> None:
     global _engine
-    kwargs = engine_kwargs(SETTINGS)
-    kwargs["connect_args"] = {**POOLER_SAFE[SETTINGS.driver], **kwargs.get("connect_args", {})}
-    url = make_url(SETTINGS.database_url)
-    if SETTINGS.get("url_query"):
-        url = url.update_query_dict(dict(SETTINGS.get("url_query")))
-    _engine = create_async_engine(url, **kwargs)
+    _engine = make_engine(SETTINGS, connect_args_under=POOLER_SAFE[SETTINGS.driver])
     RUNNER.after_fork()
 
 
