@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import types
 from typing import Any
 
 from harness import procinfo
@@ -59,6 +60,47 @@ def _on_signal(signum: int, frame: Any) -> None:
     _received = signum
     raise KeyboardInterrupt(f"{signal.Signals(signum).name} received: stopping the run "
                             f"(send it again to kill at once)")
+
+
+def with_line_numbers(excinfo: Any) -> None:
+    """Give every frame of an interrupt's traceback a line number, so pytest can print it.
+
+    A signal can arrive while the interpreter runs an instruction that has no line
+    (Python 3.11+: exception-handling code the compiler emits), and the frame it
+    interrupted then has ``tb_lineno = None``. pytest's report of a
+    :class:`KeyboardInterrupt` subtracts 1 from that line and crashes with a
+    ``TypeError``, before the run can say which tests did not run. Such frames get
+    the line their frame was at, or the first line of their function; ``excinfo`` is
+    pytest's ``ExceptionInfo`` of the interrupt, and its chained exceptions are
+    repaired too.
+    """
+    seen: set[int] = set()
+    exc = excinfo.value
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = _repaired(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    if excinfo.tb is not None:
+        repaired = _repaired(excinfo.tb)
+        if repaired is not excinfo.tb:
+            excinfo.traceback = type(excinfo.traceback)(repaired)
+
+
+def _repaired(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` itself when every entry has a line; otherwise a copy where each has one."""
+    entries = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    if all(entry.tb_lineno is not None for entry in entries):
+        return entries[0] if entries else None
+    rebuilt = None
+    for entry in reversed(entries):
+        line = entry.tb_lineno
+        if line is None:
+            line = entry.tb_frame.f_lineno or entry.tb_frame.f_code.co_firstlineno
+        rebuilt = types.TracebackType(rebuilt, entry.tb_frame, entry.tb_lasti, line)
+    return rebuilt
 
 
 def kill_everything_now(signum: int) -> None:

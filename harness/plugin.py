@@ -96,6 +96,13 @@ def pytest_configure(config: pytest.Config) -> None:
     interrupts.install()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    # Before pytest's terminal reporter formats the traceback, which it cannot do when
+    # the signal landed on an instruction without a line number.
+    interrupts.with_line_numbers(excinfo)
+
+
 class _XdistHooks:
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:

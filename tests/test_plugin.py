@@ -159,3 +159,43 @@ def test_scenario_and_variant_options_select_and_refuse_unknown_names(demo):
                               "files: demo*"])
     run = demo.runpytest_subprocess("--variant", "works,nope")
     run.stderr.fnmatch_lines(["*Unknown variant 'nope'*fails, works, wrongly-expected*"])
+
+
+# A test interrupted where the interpreter has no line number: the signal landed in
+# the code Python 3.11+ emits to push a caught exception (``PUSH_EXC_INFO`` carries no
+# location), so the innermost traceback entry has ``tb_lineno = None``.
+INTERRUPTED_WITHOUT_A_LINE = textwrap.dedent('''
+    import dis
+    import sys
+    import types
+
+
+    def _frame_that_caught():
+        try:
+            raise ValueError
+        except ValueError:
+            return sys._getframe()
+
+
+    def test_interrupted_where_there_is_no_line():
+        frame = _frame_that_caught()
+        offset = next(ins.offset for ins in dis.get_instructions(frame.f_code)
+                      if ins.positions is None or ins.positions.lineno is None)
+        where = types.TracebackType(None, frame, offset, -1)
+        assert where.tb_lineno is None
+        raise KeyboardInterrupt("SIGTERM received").with_traceback(where)
+
+
+    def test_never_reached():
+        pass
+''')
+
+
+def test_an_interrupt_without_a_line_number_still_says_what_did_not_run(pytester):
+    pytester.makepyfile(test_interrupted=INTERRUPTED_WITHOUT_A_LINE)
+    run = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    text = run.stdout.str() + run.stderr.str()
+    assert "TypeError" not in text, text
+    run.stdout.fnmatch_lines(["*stopped by an interrupt: 1 of 2 tests did not run*",
+                              "*not run: test_interrupted.py::test_never_reached*"])
+    assert run.ret == pytest.ExitCode.INTERRUPTED
