@@ -23,12 +23,23 @@ A scenario module reads like a spec::
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
-from packaging.version import InvalidVersion, Version
-
+# The conditions' vocabulary is re-exported: a scenario module imports from here alone.
+from harness.conditions import (  # noqa: F401
+    PGBOUNCER,
+    PYTHON,
+    Compare,
+    Condition,
+    Installed,
+    RunEnv,
+    installed,
+    older_than,
+    package,
+    parse_version,
+)
 from harness.faults.plan import Fault
 from harness.outcome import Outcome
 from harness.signatures import Signature
@@ -48,16 +59,6 @@ class Role(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class RunEnv:
-    """What an expectation rule may depend on."""
-
-    driver: str
-    python: tuple[int, int]
-    packages: Mapping[str, str]
-    pgbouncer: str | None = None
-
-
-@dataclass(frozen=True)
 class Expected:
     """An expectation: an outcome word and, for REPRODUCED, the signatures allowed."""
 
@@ -71,8 +72,107 @@ class Expected:
         return self.outcome.value
 
 
-Rule = Callable[[RunEnv], Expected]
-Expectation = Union[Expected, Rule, Mapping[str, Union[Expected, Rule]]]
+@dataclass(frozen=True)
+class Branch:
+    """One way a version rule can go.
+
+    Args:
+        when: where this branch applies; None for a rule's last branch (every
+            environment the branches before it left).
+        expect: what is expected there: an outcome, or a rule of its own.
+        why: the reason, given with the expectation; None passes on ``expect``'s own.
+        source: the run or upstream change that showed it.
+    """
+
+    when: Condition | None
+    expect: Expected | Rule
+    why: str | None = None
+    source: str = ""
+
+
+class Rule:
+    """An expectation that depends on versions, as data: the first branch whose
+    condition holds decides, the last branch (no condition) takes the rest.
+
+    Calling the rule with a :class:`RunEnv` gives the expectation there. ``seen``
+    collects the indexes of the branches it chose, so a test can prove that every
+    branch was checked; ``harness rules`` lists the branches with the runs that
+    observed them.
+    """
+
+    def __init__(self, branches: Sequence[Branch], why: str, source: str = "") -> None:
+        if len(branches) < 2 or branches[-1].when is not None \
+                or any(b.when is None for b in branches[:-1]):
+            raise ValueError("a rule needs two or more branches, each but the last with a "
+                             "condition (package(...) < \"1.0\", PYTHON >= \"3.14\", ...)")
+        for branch in branches:
+            if not isinstance(branch.expect, (Expected, Rule)):
+                raise TypeError(f"a branch expects an Expected or a Rule, not {branch.expect!r}")
+        self.branches = tuple(branches)
+        self.why = why
+        self.source = source
+        self.seen: set[int] = set()
+        self.__doc__ = why
+
+    def choose(self, env: RunEnv) -> int:
+        """The index of the branch that applies in ``env`` (not noted in ``seen``)."""
+        for index, branch in enumerate(self.branches[:-1]):
+            if branch.when.holds(env):  # type: ignore[union-attr]
+                return index
+        return len(self.branches) - 1
+
+    def __call__(self, env: RunEnv) -> Expected:
+        index = self.choose(env)
+        self.seen.add(index)
+        branch = self.branches[index]
+        found = branch.expect if isinstance(branch.expect, Expected) else branch.expect(env)
+        return Expected(found.outcome, found.signatures,
+                        found.why if branch.why is None else branch.why)
+
+    def conditions_of(self, index: int) -> tuple[Condition, ...]:
+        """Everything that holds where branch ``index`` is chosen: the opposites of the
+        conditions before it, then its own."""
+        earlier = tuple(b.when.negate() for b in self.branches[:index])  # type: ignore[union-attr]
+        own = self.branches[index].when
+        return earlier + ((own,) if own is not None else ())
+
+    @property
+    def children(self) -> list[Rule]:
+        """The rules nested in this rule's branches."""
+        return [b.expect for b in self.branches if isinstance(b.expect, Rule)]
+
+    def __repr__(self) -> str:
+        return f"Rule({[str(b.when) for b in self.branches]!r}, why={self.why!r})"
+
+
+Expectation = Expected | Rule | Mapping[str, Expected | Rule]
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A ``Variant.requires`` check as data: the variant runs where ``condition``
+    holds and is n/a elsewhere (with ``why`` and what the environment has).
+
+    Args:
+        condition: where the variant can run.
+        why: what it needs, as the n/a reason begins ("... needs PgBouncer >= 1.21").
+        drivers: the drivers the check is for; empty: every driver.
+        source: the run or upstream change that showed it.
+    """
+
+    condition: Condition
+    why: str
+    drivers: tuple[str, ...] = ()
+    source: str = ""
+
+    def applies_to(self, driver: str) -> bool:
+        return not self.drivers or driver in self.drivers
+
+    def __call__(self, env: RunEnv) -> str | None:
+        if not self.applies_to(env.driver) or self.condition.holds(env):
+            return None
+        found = self.condition.found(env)
+        return f"{self.why}; {found}" if found else self.why
 
 
 def reproduces(*signature_names: str, why: str = "") -> Expected:
@@ -92,79 +192,43 @@ def other_failure(why: str) -> Expected:
     return Expected(Outcome.OTHER_FAILURE, (), why)
 
 
-def when(condition: Callable[[RunEnv], bool], then: Expected, otherwise: Expected,
-         why: str) -> Rule:
-    """An expectation that depends on the environment, with the reason beside it.
-
-    The rule notes in ``rule.seen`` which branches (True: ``then``, False:
-    ``otherwise``) it has chosen, so a test can prove that every branch was checked.
-    """
-    def rule(env: RunEnv) -> Expected:
-        taken = bool(condition(env))
-        rule.seen.add(taken)  # type: ignore[attr-defined]
-        chosen = then if taken else otherwise
-        return Expected(chosen.outcome, chosen.signatures, why)
-    rule.__doc__ = why
-    rule.seen = set()  # type: ignore[attr-defined]
-    return rule
+def when(condition: Condition, then: Expected, otherwise: Expected, why: str,
+         source: str = "") -> Rule:
+    """``then`` where ``condition`` holds (``PYTHON >= "3.14"``), else ``otherwise``;
+    the reason goes with either."""
+    if not isinstance(condition, (Compare, Installed)):
+        raise TypeError(f"when() takes a condition such as PYTHON >= \"3.14\" or "
+                        f"package(\"asyncpg\") < \"0.31\", not {condition!r}")
+    return Rule((Branch(condition, then, why), Branch(None, otherwise, why)), why, source)
 
 
-def parse_version(version: str | None) -> Version | None:
-    """A PEP 440 version (``"0.31.0rc1"`` sorts before ``"0.31"``), or None when
-    missing or unreadable (a binary that printed no version, say)."""
-    if not version:
-        return None
-    try:
-        return Version(version)
-    except InvalidVersion:
-        return None
-
-
-def older_than(version: str | None, boundary: str) -> bool:
-    """Is ``version`` older than ``boundary``? A missing or unreadable one counts as older."""
-    found = parse_version(version)
-    return found is None or found < Version(boundary)
-
-
-def before_package(package: str, version: str, older: Expected | Rule,
-                   otherwise: Expected | Rule, why: str) -> Rule:
-    """``older`` where the installed ``package`` is older than ``version``, else ``otherwise``.
+def before_package(package_name: str, version: str, older: Expected | Rule,
+                   otherwise: Expected | Rule, why: str, source: str = "") -> Rule:
+    """``older`` where the installed ``package_name`` is older than ``version``, else
+    ``otherwise``.
 
     Either side may itself be a rule (a PgBouncer rule, say); ``why`` names the change
-    in ``package`` that moves the outcome, so a matrix cell that differs by version
+    in the package that moves the outcome, so a matrix cell that differs by version
     carries its reason instead of reading as a regression.
     """
-    def rule(env: RunEnv) -> Expected:
-        is_older = older_than(env.packages.get(package), version)
-        rule.seen.add(is_older)  # type: ignore[attr-defined]
-        chosen = older if is_older else otherwise
-        found = chosen if isinstance(chosen, Expected) else chosen(env)
-        return Expected(found.outcome, found.signatures, why if is_older else found.why)
-    rule.__doc__ = why
-    rule.seen = set()  # type: ignore[attr-defined]
-    rule.package_boundary = (package, version)  # type: ignore[attr-defined]
-    rule.children = [c for c in (older, otherwise) if callable(c)]  # type: ignore[attr-defined]
-    return rule
+    return Rule((Branch(package(package_name) < version, older, why),
+                 Branch(None, otherwise)), why, source)
 
 
-def needs_pgbouncer(minimum: str, feature: str) -> Callable[[RunEnv], str | None]:
-    """A ``Variant.requires`` check: n/a unless PgBouncer >= ``minimum`` is installed."""
-    def check(env: RunEnv) -> str | None:
-        if not older_than(env.pgbouncer, minimum):
-            return None
-        return (f"{feature} needs PgBouncer >= {minimum}; the installed PgBouncer is "
-                f"{env.pgbouncer or 'missing'}")
-    check.pgbouncer_boundary = minimum  # type: ignore[attr-defined]
-    return check
-
-
-def until_pgbouncer(version: str, failing: Expected, why: str) -> Rule:
+def until_pgbouncer(version: str, failing: Expected, why: str, source: str = "") -> Rule:
     """``failing`` on PgBouncer older than ``version``, clean from ``version`` on."""
-    def older(env: RunEnv) -> bool:
-        return older_than(env.pgbouncer, version)
-    rule = when(older, failing, clean(), why=why)
-    rule.pgbouncer_boundary = version  # type: ignore[attr-defined]
-    return rule
+    return when(PGBOUNCER < version, failing, clean(), why=why, source=source)
+
+
+def needs(condition: Condition, why: str, *, drivers: tuple[str, ...] = (),
+          source: str = "") -> Requirement:
+    """A ``Variant.requires`` check: n/a where ``condition`` does not hold."""
+    return Requirement(condition, why, drivers, source)
+
+
+def needs_pgbouncer(minimum: str, feature: str) -> Requirement:
+    """A ``Variant.requires`` check: n/a unless PgBouncer >= ``minimum`` is installed."""
+    return needs(PGBOUNCER >= minimum, f"{feature} needs PgBouncer >= {minimum}")
 
 
 def resolve(expectation: Expectation, env: RunEnv) -> Expected:
@@ -304,7 +368,8 @@ class Variant:
         stack: a different stack than the scenario's (for example through PgBouncer).
         workload: a different workload (only when the condition under test needs it).
         requires: a check of the environment; returns a reason string when the
-            variant cannot run here (shown as n/a), or None.
+            variant cannot run here (shown as n/a), or None. In a scenario module,
+            a :class:`Requirement` (``needs(...)``), so its condition is data.
         description: a sentence on what this variant stands for (the HTML report
             shows it on the variant's name).
     """

@@ -81,19 +81,18 @@ Sources
     ``celery/bin/worker.py`` (``WorkersPool.convert`` honours ``worker_pool``).
 """
 
-from importlib.util import find_spec
-
 from harness import signatures as sig
 from harness.plugin import assert_expected
 from harness.scenario import (
     Claim,
     Role,
-    RunEnv,
     Scenario,
     Variant,
     Workload,
     before_package,
     clean,
+    installed,
+    needs,
     reproduces,
 )
 
@@ -105,11 +104,10 @@ NO_RESULT_WORKLOAD = Workload(task="record_token", calls=8, concurrency=2, check
                               ignore_result=True)
 
 
-def needs_celery_aio_pool(env: RunEnv) -> str | None:
-    """n/a unless the third-party pool (PyPI: celery-aio-pool) is installed."""
-    if find_spec("celery_aio_pool") is None:
-        return "the celery-aio-pool package is not installed (pip install celery-aio-pool)"
-    return None
+# n/a unless the third-party pool (PyPI: celery-aio-pool) is installed.
+NEEDS_CELERY_AIO_POOL = needs(
+    installed("celery-aio-pool"),
+    "the celery-aio-pool package is not installed (pip install celery-aio-pool)")
 
 
 # Celery < 5.7 puts ignore_result=False in every task message unless the caller
@@ -163,7 +161,7 @@ SCENARIO = Scenario(
                 {"pool": "null", "task_style": "async-def-base-class"}, expect=clean()),
         Variant("async-def-celery-aio-pool", Role.FIX,
                 {"pool": "null", "task_style": "async-def", "worker_pool": "celery-aio-pool"},
-                requires=needs_celery_aio_pool, expect=clean()),
+                requires=NEEDS_CELERY_AIO_POOL, expect=clean()),
     ),
 )
 

@@ -101,11 +101,19 @@ Sources
     ``PQfinish`` outside the process that connected).
 """
 
-from celery.app.defaults import DEFAULTS
-
 from harness import signatures as sig
 from harness.plugin import assert_expected
-from harness.scenario import Claim, Role, RunEnv, Scenario, Variant, Workload, clean, reproduces
+from harness.scenario import (
+    Claim,
+    Role,
+    Scenario,
+    Variant,
+    Workload,
+    clean,
+    needs,
+    package,
+    reproduces,
+)
 
 # The parent runs its start-up check before the fork in every variant that can
 # be hurt by it, so each fix faces the hazard the bad variant has.
@@ -129,11 +137,12 @@ ASYNCPG_LOOP_BOUND = {
 }
 
 
-def needs_spawn_start_method(_: RunEnv) -> str | None:
-    """``worker_pool_start_method`` (celery/celery#10339, in 5.7.0); without it prefork forks."""
-    if "worker_pool_start_method" in DEFAULTS:
-        return None
-    return "this Celery has no worker_pool_start_method setting: its prefork pool always forks"
+# ``worker_pool_start_method`` arrived in Celery 5.7.0 (celery/celery#10339); without
+# it the prefork pool forks.
+NEEDS_SPAWN_START_METHOD = needs(
+    package("celery") >= "5.7",
+    "this Celery has no worker_pool_start_method setting: its prefork pool always forks",
+    source="celery/celery#10339 (Celery 5.7.0)")
 
 
 SCENARIO = Scenario(
@@ -187,7 +196,7 @@ SCENARIO = Scenario(
                 expect=clean()),
         Variant("import-parent-query-spawn", Role.FIX,
                 {"engine": "import", "pool_start_method": "spawn", **ONE_LOOP, **PARENT_QUERY},
-                requires=needs_spawn_start_method, expect=clean()),
+                requires=NEEDS_SPAWN_START_METHOD, expect=clean()),
     ),
 )
 

@@ -89,9 +89,9 @@ Sources
 from harness import signatures as sig
 from harness.plugin import assert_expected
 from harness.scenario import (
+    PYTHON,
     Claim,
     Role,
-    RunEnv,
     Scenario,
     Variant,
     Workload,
@@ -99,15 +99,6 @@ from harness.scenario import (
     reproduces,
     when,
 )
-
-
-def python_314_or_later(env: RunEnv) -> bool:
-    return env.python >= (3, 14)
-
-
-def python_312_or_later(env: RunEnv) -> bool:
-    return env.python >= (3, 12)
-
 
 # No engine pool: a pooled connection would tie the run to a loop (loop-bound-pool),
 # and here only the loop helper may differ between variants.
@@ -126,7 +117,7 @@ SCENARIO = Scenario(
         signature="no-running-loop", bad="get-event-loop", fixed="asyncio-run"),
     variants=(
         Variant("get-event-loop", Role.BAD, {**NULLPOOL, "steps": ["get_event_loop"]},
-                expect=when(python_314_or_later, reproduces("no-current-event-loop"), clean(),
+                expect=when(PYTHON >= "3.14", reproduces("no-current-event-loop"), clean(),
                             why="get_event_loop() creates a loop in the main thread up to "
                                 "3.13 (with a DeprecationWarning on 3.12-3.13); 3.14 raises")),
         Variant("get-running-loop", Role.BAD, {**NULLPOOL, "steps": ["get_running_loop"]},
@@ -139,7 +130,7 @@ SCENARIO = Scenario(
                 expect=reproduces("no-current-event-loop")),
         Variant("get-event-loop-warnings-as-errors", Role.BAD,
                 {**NULLPOOL, "steps": ["get_event_loop"], "deprecation_warnings": "error"},
-                expect=when(python_312_or_later,
+                expect=when(PYTHON >= "3.12",
                             reproduces("implicit-loop-deprecated", "no-current-event-loop"),
                             clean(),
                             why="3.10.10+/3.11.2+ create the loop silently; 3.12-3.13 warn "

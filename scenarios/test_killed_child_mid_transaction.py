@@ -135,7 +135,6 @@ Sources
     ``idle_in_transaction_session_timeout``, ``lock_timeout``.
 """
 
-from collections.abc import Callable
 from dataclasses import replace
 
 from harness import signatures as sig
@@ -143,15 +142,16 @@ from harness.faults.plan import Fault, at_point
 from harness.plugin import assert_expected
 from harness.scenario import (
     Claim,
+    Requirement,
     Role,
-    RunEnv,
     Scenario,
     StackSpec,
     Variant,
     Workload,
     before_package,
     clean,
-    older_than,
+    needs,
+    package,
     reproduces,
 )
 from harness.signatures import Signature
@@ -191,15 +191,9 @@ NAMED_BEFORE_031 = ("asyncpg < 0.31 names its statements __asyncpg_stmt_N__ what
                     "(observed on 0.30.0)")
 
 
-def needs_celery(minimum: str, feature: str) -> Callable[[RunEnv], str | None]:
+def needs_celery(minimum: str, feature: str) -> Requirement:
     """A ``Variant.requires`` check: n/a unless Celery >= ``minimum`` is installed."""
-    def check(env: RunEnv) -> str | None:
-        found = env.packages.get("celery")
-        if not older_than(found, minimum):
-            return None
-        return f"{feature} needs Celery >= {minimum}; the installed Celery is {found}"
-    check.package_boundary = ("celery", minimum)  # type: ignore[attr-defined]
-    return check
+    return needs(package("celery") >= minimum, f"{feature} needs Celery >= {minimum}")
 
 
 POOL_PROCESS_LOST = Signature(

@@ -136,13 +136,13 @@ from harness.scenario import (
     Claim,
     Expectation,
     Role,
-    RunEnv,
     Scenario,
     StackSpec,
     Variant,
     Workload,
     clean,
-    older_than,
+    needs,
+    package,
     reproduces,
 )
 from harness.signatures import Signature
@@ -179,18 +179,13 @@ DATABASE_REMOVED = Signature(
                 "'database removed', reached the driver as a ProtocolViolation (08P01).")
 
 
-def pooler_safe_asyncpg(env: RunEnv) -> str | None:
-    """A ``Variant.requires`` check: n/a on asyncpg < 0.31, which names its statements
-    whatever ``statement_cache_size`` says (see pgbouncer-prepared-asyncpg)."""
-    found = env.packages.get("asyncpg")
-    if env.driver != "asyncpg" or not older_than(found, "0.31"):
-        return None
-    return (f"asyncpg {found} names every prepared statement even with statement_cache_size=0 "
-            f"(fixed in 0.31), so behind PgBouncer's transaction pooling the calls fail on "
-            f"'prepared statement ... already exists' first (see pgbouncer-prepared-asyncpg)")
-
-
-pooler_safe_asyncpg.package_boundary = ("asyncpg", "0.31")  # type: ignore[attr-defined]
+# n/a on asyncpg < 0.31, which names its statements whatever statement_cache_size says
+# (see pgbouncer-prepared-asyncpg).
+POOLER_SAFE_ASYNCPG = needs(
+    package("asyncpg") >= "0.31",
+    "asyncpg < 0.31 names every prepared statement even with statement_cache_size=0, so "
+    "behind PgBouncer's transaction pooling the calls fail on 'prepared statement ... "
+    "already exists' first (see pgbouncer-prepared-asyncpg)", drivers=("asyncpg",))
 
 WAITED_TOO_LONG = reproduces(
     "pgbouncer-query-wait-timeout",
@@ -212,7 +207,7 @@ def variant(name: str, role: Role, config: dict, *, expect: Expectation,
             description: str = "") -> Variant:
     """A variant of this scenario: every one is n/a on asyncpg < 0.31 (see above)."""
     return Variant(name, role, config, expect=expect, workload=workload, stack=stack,
-                   requires=pooler_safe_asyncpg, description=description)
+                   requires=POOLER_SAFE_ASYNCPG, description=description)
 
 
 SCENARIO = Scenario(

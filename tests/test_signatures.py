@@ -9,8 +9,18 @@ import pytest
 
 import scenarios
 from harness import signatures as sig
+from harness.conditions import Compare, Installed
 from harness.outcome import Outcome
-from harness.scenario import Expected, RunEnv, Scenario, before_package, reproduces, resolve
+from harness.scenario import (
+    Expected,
+    Requirement,
+    Rule,
+    RunEnv,
+    Scenario,
+    before_package,
+    reproduces,
+    resolve,
+)
 from harness.signatures import ErrorRecord, ExceptionInfo, Signature, public_name
 from harness.task_support import exception_chain
 
@@ -151,10 +161,16 @@ def _rules(expectation) -> list:
     todo = list(expectation.values()) if isinstance(expectation, Mapping) else [expectation]
     while todo:
         item = todo.pop()
-        if callable(item):
+        if isinstance(item, Rule):
             found.append(item)
-            todo.extend(getattr(item, "children", []))
+            todo.extend(item.children)
     return found
+
+
+def _conditions(item: Rule | Requirement) -> list:
+    if isinstance(item, Requirement):
+        return [item.condition]
+    return [b.when for b in item.branches if b.when is not None]
 
 
 def _below(version: str) -> str:
@@ -170,19 +186,30 @@ def _below(version: str) -> str:
 
 
 def _probe_envs(driver: str, rules: list, requires: list) -> list[RunEnv]:
-    """Environments on both sides of every boundary the rules and checks declare."""
-    pgbouncers = set(PGBOUNCERS)
-    packages: dict[str, set[str]] = {name: {v} for name, v in NEWEST.items()}
+    """Environments on both sides of every boundary the rules and checks declare
+    (a package a condition asks about is there in one and missing in another)."""
+    pythons, pgbouncers = set(PYTHONS), set(PGBOUNCERS)
+    packages: dict[str, set[str | None]] = {name: {v} for name, v in NEWEST.items()}
     for item in rules + requires:
-        if hasattr(item, "pgbouncer_boundary"):
-            pgbouncers |= {item.pgbouncer_boundary, _below(item.pgbouncer_boundary)}
-        if hasattr(item, "package_boundary"):
-            name, version = item.package_boundary
-            packages.setdefault(name, set()).update({version, _below(version)})
+        for cond in _conditions(item):
+            if isinstance(cond, Installed):
+                packages.setdefault(cond.package, set()).update({"1.0", None})
+                continue
+            assert isinstance(cond, Compare), cond
+            kind, version = cond.subject.kind, cond.version
+            if kind == "pgbouncer":
+                pgbouncers |= {version, _below(version)}
+            elif kind == "python":
+                pythons |= {tuple(int(p) for p in v.split(".")[:2])
+                            for v in (version, _below(version))}
+            else:
+                packages.setdefault(cond.subject.name, set()).update({version, _below(version)})
     names = sorted(packages)
-    return [RunEnv(driver=driver, python=py, packages=dict(zip(names, combo)), pgbouncer=pgb)
-            for py in PYTHONS for pgb in pgbouncers
-            for combo in itertools.product(*(sorted(packages[n]) for n in names))]
+    return [RunEnv(driver=driver, python=py,  # type: ignore[arg-type]
+                   packages={n: v for n, v in zip(names, combo) if v is not None},
+                   pgbouncer=pgb, installed={})
+            for py in sorted(pythons) for pgb in pgbouncers
+            for combo in itertools.product(*(sorted(packages[n], key=str) for n in names))]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -201,19 +228,29 @@ def test_every_branch_of_every_expectation_names_only_listed_signatures(module):
         for rule in rules:
             rule.seen.clear()
         requires = [variant.requires] if variant.requires else []
+        assert all(isinstance(r, Requirement) for r in requires), (
+            f"{variant.name}: requires= is a plain function; use needs(condition, why) so "
+            f"its condition is data that 'harness rules' can list")
+        applies = set()
         for driver in scenario.drivers:
             if driver in variant.not_for:
                 continue
             for env in _probe_envs(driver, rules, requires):
                 if variant.requires is not None and variant.requires(env) is not None:
+                    applies.add(False)
                     continue  # n/a there: no expectation applies
+                applies.add(True)
                 expected: Expected = resolve(variant.expect, env)
                 assert set(expected.signatures) <= listed, (variant.name, driver, env)
                 checked += 1
         for rule in rules:
-            assert rule.seen == {True, False}, (
-                f"{variant.name}: a branch of the rule '{rule.__doc__}' was never taken "
-                f"by the probe environments (taken: {rule.seen})")
+            assert rule.seen == set(range(len(rule.branches))), (
+                f"{variant.name}: a branch of the rule '{rule.why}' was never taken "
+                f"by the probe environments (taken: {sorted(rule.seen)})")
+        if requires:
+            assert applies == {True, False}, (
+                f"{variant.name}: the probe environments never fell on both sides of "
+                f"requires={requires[0].condition} (ran: {applies})")
     assert checked > 0
 
 
@@ -222,7 +259,7 @@ def test_probe_environments_fall_on_both_sides_of_a_boundary():
     rule = before_package("asyncpg", "0.31", older, reproduces("x"), why="test")
     for env in _probe_envs("asyncpg", [rule], []):
         resolve(rule, env)
-    assert rule.seen == {True, False}
+    assert rule.seen == {0, 1}
     assert _below("0.31") == "0.30.999" and _below("1.24") == "1.23.999"
     assert _below("2.0") == "1.999.999"
 
