@@ -12,6 +12,7 @@ the controller in ``report.user_properties``, and only the controller writes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -69,6 +70,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--results-dir", default=os.environ.get("HARNESS_RESULTS_DIR", "reports"),
                     help="folder for <run-id>/results.json, worker logs and 'latest' "
                          "(default: reports). Env: HARNESS_RESULTS_DIR.")
+    group.addoption("--skip-cells", metavar="FILE",
+                    help="do not run the cells (scenario, variant, driver) a JSON file lists: "
+                         "'harness matrix' passes the cells an environment carries from "
+                         "another that ran them")
+    group.addoption("--list-cells", metavar="FILE",
+                    help="write the selected cells and the axes each depends on to FILE "
+                         "(JSON), as 'harness matrix' plans from them (with --collect-only)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -130,7 +138,9 @@ def _names(values: list[str]) -> set[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Apply --scenario / --variant, refusing names that match nothing."""
+    """Apply --skip-cells, then --scenario / --variant, refusing names that match nothing."""
+    if config.getoption("skip_cells", None):
+        _skip_cells(config, items)
     wanted_scenarios = _names(config.getoption("scenario"))
     wanted_variants = _names(config.getoption("variant"))
     if not wanted_scenarios and not wanted_variants:
@@ -162,6 +172,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"or collect the folder that holds it (pytest scenarios/).")
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
+
+
+def _cell_of(item: pytest.Item) -> tuple[Scenario, Any, str] | None:
+    case = getattr(item, "callspec", None) and item.callspec.params.get("variant_case")
+    scenario = getattr(item.module, "SCENARIO", None) if case else None
+    return (scenario, *case) if isinstance(scenario, Scenario) else None
+
+
+def _skip_cells(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the cells ``--skip-cells`` lists (a matrix environment's carried cells)."""
+    from harness.matrix.carry import read_skip
+
+    try:
+        skip = read_skip(Path(config.getoption("skip_cells")))
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    keep, drop = [], []
+    for item in items:
+        cell = _cell_of(item)
+        (drop if cell and (cell[0].id, cell[1].name, cell[2]) in skip else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """``--list-cells FILE``: the selected cells and the axes each depends on."""
+    path = session.config.getoption("list_cells", None)
+    if not path or getattr(session.config, "workerinput", None):
+        return
+    from harness.matrix.carry import Cell, cell_axes
+
+    cells: dict[tuple[str, str, str], Cell] = {}
+    for item in session.items:
+        found = _cell_of(item)
+        if found:
+            scenario, variant, driver = found
+            try:
+                axes = cell_axes(scenario, variant, driver,
+                                 getattr(item.module, "CELL_AXES", None))
+            except ConfigError as exc:
+                raise pytest.UsageError(str(exc)) from exc
+            cells[(scenario.id, variant.name, driver)] = Cell(scenario.id, variant.name,
+                                                              driver, axes)
+    Path(path).write_text(json.dumps({"cells": [c.to_dict() for c in cells.values()]},
+                                     indent=0) + "\n")
 
 
 @pytest.fixture(scope="session")

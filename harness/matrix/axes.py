@@ -73,6 +73,9 @@ class MatrixSpec:
     axes: dict[str, list[str]]
     mode: str = ONE_AT_A_TIME
     source: str = "options"
+    # Which cells an environment carries from another instead of running them
+    # (:mod:`harness.matrix.carry`): "axes", "strict" or "off".
+    carry: str = "axes"
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,13 @@ def load_toml(path: Path) -> MatrixSpec:
 
 def parse_spec(data: Mapping[str, Any], source: str) -> MatrixSpec:
     """Check the shape of a parsed matrix file and build a :class:`MatrixSpec`."""
-    unknown = set(data) - {"mode", "axes"}
+    unknown = set(data) - {"mode", "axes", "carry"}
     if unknown:
         raise ConfigError(f"{source} has unknown top-level keys {sorted(unknown)}; "
-                          f"only 'mode' and an [axes] table are read.")
+                          f"only 'mode', 'carry' and an [axes] table are read.")
+    from harness.matrix.carry import check_policy  # carry reads this module's AXES
+
+    carry = check_policy(data.get("carry", "axes"), source)
     mode = data.get("mode", ONE_AT_A_TIME)
     if mode not in MODES:
         raise ConfigError(f"{source}: mode is {mode!r}; use one of {', '.join(MODES)}.")
@@ -165,7 +171,7 @@ def parse_spec(data: Mapping[str, Any], source: str) -> MatrixSpec:
         if len(set(values)) != len(values):
             raise ConfigError(f"{source}: axis {name!r} lists a version twice: {values}.")
         checked[name] = [v.strip() for v in values]
-    return MatrixSpec(axes=checked, mode=mode, source=source)
+    return MatrixSpec(axes=checked, mode=mode, source=source, carry=carry)
 
 
 def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | None],
@@ -190,7 +196,8 @@ def with_options(spec: MatrixSpec | None, options: Mapping[str, Sequence[str] | 
         raise ConfigError("--full and --pairwise ask for two different plans; give one of them.")
     mode = PRODUCT if full else PAIRWISE if pairwise else (spec.mode if spec else ONE_AT_A_TIME)
     source = spec.source + (" + options" if given else "") if spec else "options"
-    return MatrixSpec(axes={a: axes[a] for a in AXES if a in axes}, mode=mode, source=source)
+    return MatrixSpec(axes={a: axes[a] for a in AXES if a in axes}, mode=mode, source=source,
+                      carry=spec.carry if spec else "axes")
 
 
 def present(spec_axes: Mapping[str, Sequence[str]]) -> tuple[str, ...]:

@@ -9,7 +9,9 @@ then each environment's resolution (``--resolve``: dated by default, see
 smoke-checked right after its build (:mod:`harness.matrix.smoke`: an environment
 that cannot boot a worker is reported in one paragraph within a minute and has no
 cells), then each runs its scenarios with xdist, then one merge writes the three
-outputs.
+outputs. An environment does not run the cells it can carry from one that ran them
+before it (:mod:`harness.matrix.carry`): their outcome depends on no axis in which the
+two differ.
 
 Exit codes: 0 done; 1 a cell changed against the baseline; 2 bad input (nothing
 was built); 3 an environment could not be built or run (the others are merged).
@@ -17,11 +19,13 @@ was built); 3 an environment could not be built or run (the others are merged).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,7 @@ from harness.audit.config import CONFIG_ENV, AuditConfig
 from harness.errors import ConfigError
 from harness.matrix import (
     axes,
+    carry,
     containers,
     diff,
     environments,
@@ -48,7 +53,7 @@ from harness.matrix import (
 )
 from harness.matrix import resolution as resolutions
 from harness.matrix import smoke as smokes
-from harness.matrix.run import SIDECAR, Progress, activated, run_env
+from harness.matrix.run import SIDECAR, EnvRun, Progress, activated, run_env
 
 EXIT_CHANGED, EXIT_ENV_FAILED = 1, 3
 COLLECT_TIMEOUT_S = 180
@@ -71,6 +76,9 @@ class MatrixOptions:
     baseline: Path | None = None
     env_timeout_s: float = 3600.0
     resolve: str = resolutions.DATED
+    # Which cells an environment carries instead of running them: "axes", "strict" or
+    # "off" (None: matrix.toml's ``carry``, else "axes"); see harness.matrix.carry.
+    carry: str | None = None
     # harness matrix --audit: the audit's checked input; each environment runs the
     # audit's hazards instead of the scenarios.
     audit: AuditConfig | None = None
@@ -90,8 +98,9 @@ def load_spec(project_root: Path, matrix_file: Path | None,
     """
     path = matrix_file or project_root / "matrix.toml"
     spec = axes.load_toml(path) if (matrix_file or path.exists()) else None
-    return sources.resolve_postgres(
-        pgbouncer_axis.resolve_pgbouncer(axes.with_options(spec, options, full, pairwise)))
+    given = axes.with_options(spec, options, full, pairwise)
+    return dataclasses.replace(sources.resolve_postgres(pgbouncer_axis.resolve_pgbouncer(given)),
+                               carry=given.carry)
 
 
 def installable(spec: axes.MatrixSpec, cache_dir: Path | None = None) -> pairwise.Cover | None:
@@ -120,14 +129,17 @@ def planned(spec: axes.MatrixSpec, only: Sequence[str] = (),
     return combos
 
 
-def check_selection(project_root: Path, pytest_args: Sequence[str]) -> int:
-    """How many scenario tests the pytest arguments select (collected in this venv).
+def check_selection(project_root: Path, pytest_args: Sequence[str],
+                    cells_file: Path | None = None) -> int:
+    """How many scenario tests the pytest arguments select (collected in this venv);
+    with ``cells_file``, the selected cells and their axes are written there.
 
     Raises:
         ConfigError: nothing is selected, or pytest refuses the arguments.
     """
     argv = [sys.executable, "-m", "pytest", "scenarios/", "--collect-only", "-q",
-            "-p", "no:cacheprovider", *pytest_args]
+            "-p", "no:cacheprovider", *pytest_args,
+            *(["--list-cells", str(cells_file)] if cells_file else [])]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, cwd=project_root,
                              timeout=COLLECT_TIMEOUT_S, check=False)
@@ -176,7 +188,8 @@ def _summary(matrix: Mapping[str, Any], written: Sequence[Path]) -> None:
     moving = [r for r in table.rows(matrix) if r.differs]
     print(f"{len(moving)} row(s) differ between environments" + (":" if moving else "."))
     for r in moving:
-        cells = ", ".join(f"{n} {table.cell_text(c)}" for n, c in zip(names.values(), r.cells))
+        cells = ", ".join(f"{n} {table.cell_text(c, names)}"
+                          for n, c in zip(names.values(), r.cells))
         print(f"  {r.scenario} / {r.variant} / {r.driver}: {cells}")
     for v in matrix["verdicts"]:
         if v["overall"] == merge.DEPENDS:
@@ -227,6 +240,7 @@ def smoke_failed(combo: axes.Combination, env: environments.BuiltEnv, python: st
 def run_matrix(opts: MatrixOptions) -> int:
     """``harness matrix``: check, build, run, merge, compare."""
     spec = load_spec(opts.project_root, opts.matrix_file, opts.axes, opts.full, opts.pairwise)
+    policy = carry.check_policy(opts.carry or spec.carry, "--carry")
     baseline = merge.load_any(opts.baseline) if opts.baseline else None
     say(f"checking the versions of {spec.source} on the package index")
     spec = index.resolve_spec(spec)
@@ -244,21 +258,39 @@ def run_matrix(opts: MatrixOptions) -> int:
     pgbouncers = pgbouncer_axis.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
     # Each environment's backend and service images (the postgres axis, containers).
     services = sources.env_services(combos, pythons, pgbouncers)
+    out = opts.out.resolve()
+    cells: list[carry.Cell] = []
     if opts.audit is not None:
         tests = len(opts.audit.hazards)
         target, extra_env = audit_target(opts.audit)
+        if policy != carry.OFF:
+            say("carrying is off with --audit: every hazard runs in every environment")
+            policy = carry.OFF
     else:
-        tests = check_selection(opts.project_root, opts.pytest_args)
+        cells_file = out / "logs" / "cells.json" if policy != carry.OFF else None
+        if cells_file:
+            cells_file.parent.mkdir(parents=True, exist_ok=True)
+        tests = check_selection(opts.project_root, opts.pytest_args, cells_file)
         target, extra_env = ("scenarios/",), {}
+        cells = carry.read_cells(cells_file) if cells_file else []
     resolved = resolutions_for(combos, opts.resolve, opts.cache_dir)
-    say(f"{len(combos)} environments ({spec.mode}), {tests} scenario tests each:")
+    places = {c.id: services[c.id].describe() for c in combos}
+    simulated = {p.id: p for p in carry.simulate(
+        [(c.id, c.versions) for c in combos], cells, policy, places)}
+    say(f"{len(combos)} environments ({spec.mode}), {tests} scenario tests selected; carry "
+        f"policy {policy}" + (" (each environment runs only the cells its axes can move)"
+                              if policy != carry.OFF else ""))
     for c in combos:
+        counts = simulated.get(c.id)
+        runs = (f"; runs {counts.runs}, carries {counts.carried_total}"
+                if counts and policy != carry.OFF else "")
         say(f"  {c.slot:<12} {c.id}  (python {pythons[c.versions['python']].version}, "
             f"{services[c.id].describe()}; resolution "
-            f"{resolved[c.venv_id].describe()})")
+            f"{resolved[c.venv_id].describe()}{runs})")
     progress = Progress(len(combos), tests, ids=[c.id for c in combos])
+    if policy != carry.OFF:
+        progress.runs = {c.id: simulated[c.id].runs for c in combos}
     Progress.current = progress
-    out = opts.out.resolve()
     failed: list[str] = []
     built = []
     documents = []
@@ -286,18 +318,43 @@ def run_matrix(opts: MatrixOptions) -> int:
             continue
         progress.say(f"smoke check of {combo.id} passed in {smoke.seconds:.1f} s")
         built.append((env, smoke))
+    earlier: list[carry.Ran] = []  # environments that ran, for the next to carry from
     for env, smoke in built:
-        run = run_env(env, opts.project_root, out / "runs", out / "logs" / f"{env.combo.id}"
-                      ".pytest.log", workers=opts.workers, pytest_args=opts.pytest_args,
+        combo = env.combo
+        here = carry.Ran(combo.id, combo.versions, installed=env.installed,
+                         place=_place(env, services[combo.id]))
+        carried = carry.carried_cells(cells, here, earlier, policy)
+        facts = {"smoke": smoke.to_dict()}
+        pytest_args = list(opts.pytest_args)
+        if policy != carry.OFF:
+            facts.update(carried=carry.sidecar_entries(carried), carry_policy=policy)
+            progress.runs[combo.id] = len(cells) - len(carried)
+        if carried:
+            sources_named = sorted(set(carried.values()))
+            progress.say(f"{combo.id}: runs {len(cells) - len(carried)} cells, carries "
+                         f"{len(carried)} from {', '.join(sources_named)}")
+            pytest_args += ["--skip-cells", str(carry.write_skip(
+                out / "logs" / f"{combo.id}.carried.json", carried))]
+        if cells and len(carried) == len(cells):
+            path = all_carried(env, services[combo.id], pythons[combo.versions["python"]].version,
+                               out / "runs", facts)
+            progress.env_ran(EnvRun(env, path, 0, 0.0, 0, 0, results=path))
+            documents.append((results_file.load(path), merge.read_sidecar(path), str(path)))
+            continue
+        run = run_env(env, opts.project_root, out / "runs", out / "logs" / f"{combo.id}"
+                      ".pytest.log", workers=opts.workers, pytest_args=pytest_args,
                       progress=progress, timeout_s=opts.env_timeout_s,
-                      pgbouncer=services[env.combo.id],
-                      facts={"smoke": smoke.to_dict()}, target=target, extra_env=extra_env)
+                      pgbouncer=services[combo.id],
+                      facts=facts, target=target, extra_env=extra_env)
         progress.env_ran(run)
         if run.error:
-            failed.append(f"{env.combo.id}: {run.error}")
+            failed.append(f"{combo.id}: {run.error}")
         if run.results:
-            documents.append((results_file.load(run.results),
-                              merge.read_sidecar(run.results), str(run.results)))
+            document = results_file.load(run.results)
+            documents.append((document, merge.read_sidecar(run.results), str(run.results)))
+            here.fresh = {merge.cell_key(r): r for r in document.get("results", [])
+                          if not r.get("carried_from")}
+            earlier.append(here)
     code = 0
     if documents:  # what the other environments found is still worth merging
         matrix = merge.merge(documents)
@@ -306,6 +363,33 @@ def run_matrix(opts: MatrixOptions) -> int:
     for line in failed:
         print(f"FAILED {line}", file=sys.stderr)
     return EXIT_ENV_FAILED if failed else code
+
+
+def _place(env: environments.BuiltEnv, services: sources.EnvServices) -> str:
+    """Where an environment's cells run: its backend and images, and its container."""
+    runs_in = (env.facts().get("runs_in") or {}).get("image")
+    return services.describe() + (f", in {runs_in}" if runs_in else "")
+
+
+def all_carried(env: environments.BuiltEnv, services: pgbouncer_axis.PgBouncerSource,
+                python: str, runs: Path, facts: Mapping[str, Any]) -> Path:
+    """An environment that carries every selected cell runs no pytest: a results.json
+    with no results of its own, and a sidecar listing what it carried, for the merge."""
+    combo = env.combo
+    installed = env.installed
+    document = {"schema": results_file.SCHEMA, "run_id": results_file.new_run_id(),
+                "environment": {
+                    "python": python,
+                    "packages": {n: installed[n] for n in environment.PACKAGES if n in installed},
+                    "services": {"backend": services.backend}},
+                "results": []}
+    path = results_file.write(document, runs / combo.id)
+    (path.parent / SIDECAR).write_text(json.dumps(
+        {"id": combo.id, "slot": combo.slot, "axes": dict(combo.versions),
+         "env_path": str(env.path), "backend": services.backend,
+         "pgbouncer_image": services.image, "pytest_exit": None, "pytest_args": [],
+         **env.facts(), **facts}, indent=1) + "\n")
+    return path
 
 
 def audit_target(config: AuditConfig) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -331,8 +415,17 @@ def plan_command(project_root: Path, matrix_file: Path | None,
     if fmt == "github":
         print(json.dumps(axes.github_include(combos), separators=(",", ":")))
         return 0
+    cells, why_none = planned_cells(project_root, spec.carry)
+    counts = {p.id: p for p in carry.simulate([(c.id, c.versions) for c in combos], cells,
+                                              spec.carry)} if cells else {}
+    names = {c.id: f"E{i}" for i, c in enumerate(combos, start=1)}
     for i, c in enumerate(combos):
         print(f"{c.slot:<12} {c.id}")
+        if c.id in counts:
+            p = counts[c.id]
+            print(f"{'':<12}   runs {p.runs} of {len(cells)} cells, carries {p.carried_total}"
+                  + (" (" + ", ".join(f"{n} from {names[s]}" for s, n in p.carried.items())
+                     + ")" if p.carried else ""))
         if cover is not None:
             print(f"{'':<12}   covers {len(cover.new_pairs[i])} new pair(s): "
                   + "; ".join(pairwise.describe(p) for p in cover.new_pairs[i]))
@@ -342,7 +435,30 @@ def plan_command(project_root: Path, matrix_file: Path | None,
               + ("; not installable, so not covered: "
                  + "; ".join(pairwise.describe(p) for p in cover.impossible)
                  if cover.impossible else ""))
+    if counts:
+        ran = sum(p.runs for p in counts.values())
+        print(f"carry policy {spec.carry}: {ran} of {len(cells) * len(combos)} cells run, "
+              f"{len(cells) * len(combos) - ran} carried from an environment that runs them "
+              f"(cells whose axes differ, by the driver's package and whether the scenario "
+              f"goes through PgBouncer; an environment whose other installed packages differ "
+              f"once built runs more; carry = \"off\" in matrix.toml runs every cell)")
+    elif why_none:
+        print(why_none)
     return 0
+
+
+def planned_cells(project_root: Path, policy: str) -> tuple[list[carry.Cell], str]:
+    """Every scenario cell and the axes it depends on (collected in this venv), or none and
+    why (carrying off, or the scenarios cannot be collected here)."""
+    if policy == carry.OFF:
+        return [], "carry policy off: every environment runs every cell"
+    with tempfile.TemporaryDirectory(prefix="harness-cells-") as tmp:
+        path = Path(tmp) / "cells.json"
+        try:
+            check_selection(project_root, [], path)
+        except ConfigError as exc:
+            return [], f"cells per environment not shown: {exc}"
+        return carry.read_cells(path), ""
 
 
 def merge_command(paths: Sequence[Path], out: Path, baseline: Path | None) -> int:

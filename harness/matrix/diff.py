@@ -12,6 +12,10 @@ release with the old one); then, when exactly one environment is left on each
 side, those two (two single results.json files: "my venv before and after the
 upgrade"). Cells present on one side only are listed but do not count as
 changes: a run with ``-k`` is not a regression of the scenarios it skipped.
+
+A carried cell (``carried_from``, see :mod:`harness.matrix.carry`) is compared like any
+other, and the change says which environment really observed it: a cell carried from
+the baseline moves with the baseline, not with the environment it stands in for.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class Change:
     old: str
     new: str
     new_error: str
+    # The environment that really observed the old / new cell, when it was carried.
+    old_carried_from: str | None = None
+    new_carried_from: str | None = None
 
 
 @dataclass
@@ -98,7 +105,8 @@ def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> Diff:
             a, b = before[key], after[key]
             if a["outcome"] != b["outcome"]:
                 diff.changes.append(Change(*key, old_id, new_id, a["outcome"], b["outcome"],
-                                           b.get("first_error") or b.get("reason") or ""))
+                                           b.get("first_error") or b.get("reason") or "",
+                                           a.get("carried_from"), b.get("carried_from")))
     old_verdicts = {(v["scenario"], v["driver"]): v for v in old.get("verdicts", [])}
     for v in new.get("verdicts", []):
         was = old_verdicts.get((v["scenario"], v["driver"]))
@@ -119,6 +127,10 @@ def render(diff: Diff) -> str:
             where = c.new_env if c.old_env == c.new_env else f"{c.old_env} -> {c.new_env}"
             lines.append(f"  {c.scenario} / {c.variant} / {c.driver} [{where}]: "
                          f"{c.old} -> {c.new}")
+            for side, source in (("old", c.old_carried_from), ("new", c.new_carried_from)):
+                if source:
+                    lines.append(f"      {side} cell carried from {source} (observed there, "
+                                 f"not re-run in this environment)")
             if c.new_error:
                 lines.append(f"      now: {c.new_error.splitlines()[0][:160]}")
     else:

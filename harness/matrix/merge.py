@@ -19,6 +19,15 @@ entries, unchanged) and ``"kind": "matrix"``::
 An environment block may also carry ``resolution``, ``installed``,
 ``install_settings`` and ``smoke`` from the sidecar (see ``ENV_FACTS``).
 
+A CARRIED cell (:mod:`harness.matrix.carry`) was not run in its environment: it is the
+result row of the environment named by its ``carried_from`` (an environment id), which
+ran it, and ``env`` is the environment it stands in for. It counts for the verdicts
+like any cell; the renderers and diffs say where it came from. The environment block
+then has ``carried`` (how many cells, and the policy). A run's sidecar lists the
+cells it carried (``carried``: scenario, variant, driver, from); the merge copies their
+rows from the source's results, so shards merged together keep them, and a fresh
+result of the same cell (a later run of that environment) wins over a carried one.
+
 ``pgbouncer`` is the value of the PgBouncer axis the environment stood for (``X.Y``),
 from the sidecar a matrix run writes. Results without it (a plain pytest run, a
 matrix.json written before PgBouncer was an axis) take the line of the PgBouncer
@@ -118,6 +127,7 @@ def merge(documents: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None,
     """
     envs: dict[str, dict[str, Any]] = {}
     cells: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    wanted_carry: list[tuple[str, Mapping[str, Any]]] = []
     flat = []
     for document, sidecar, source in documents:
         if document.get("kind") == KIND:
@@ -139,11 +149,35 @@ def merge(documents: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None,
                      "run_id": document.get("run_id", ""), "source": source}
         for result in document["results"]:
             cells[(eid, *cell_key(result))] = {**result, "env": eid}
+        wanted_carry += [(eid, entry) for entry in (sidecar or {}).get("carried") or ()]
+        if (sidecar or {}).get("carry_policy"):
+            envs[eid]["carry_policy"] = sidecar["carry_policy"]
+    _add_carried(envs, cells, wanted_carry)
     ordered = sorted(envs.values(), key=lambda e: (_slot_rank(e["slot"]), e["id"]))
     rank = {e["id"]: i for i, e in enumerate(ordered)}
     merged = sorted(cells.values(), key=lambda r: (*cell_key(r), rank[r["env"]]))
     return {"schema": results_file.SCHEMA, "kind": KIND, "environments": ordered,
             "results": merged, "verdicts": matrix_verdicts(ordered, merged)}
+
+
+def _add_carried(envs: Mapping[str, dict[str, Any]],
+                 cells: dict[tuple[str, str, str, str], dict[str, Any]],
+                 wanted: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Copy each carried cell's row from the environment that ran it (when it is merged
+    too), unless the carrying environment has a fresh result of that cell."""
+    for eid, entry in wanted:
+        key = (entry["scenario"], entry["variant"], entry["driver"])
+        source = cells.get((entry["from"], *key))
+        if (eid, *key) in cells and not cells[(eid, *key)].get("carried_from"):
+            continue  # observed here after all: the observation wins
+        if source is None or source.get("carried_from"):
+            envs[eid]["carried_missing"] = envs[eid].get("carried_missing", 0) + 1
+            continue
+        cells[(eid, *key)] = {**source, "env": eid, "carried_from": entry["from"]}
+    for eid, env in envs.items():
+        carried = sum(1 for (e, *_), row in cells.items() if e == eid and row.get("carried_from"))
+        if carried:
+            env["carried"] = carried
 
 
 def _sidecar_extras(sidecar: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -165,7 +199,8 @@ def _unpack(matrix: Mapping[str, Any], source: str
     out = []
     for env in matrix["environments"]:
         environment = {k: v for k, v in env.items()
-                       if k not in ("id", "slot", "run_id", "source")}
+                       if k not in ("id", "slot", "run_id", "source", "carried",
+                                    "carried_missing")}
         rows = [{k: v for k, v in r.items() if k != "env"}
                 for r in matrix["results"] if r["env"] == env["id"]]
         out.append(({"schema": matrix["schema"], "run_id": env.get("run_id", ""),

@@ -32,6 +32,7 @@ tr.scenario-row .name{font-weight:bold;font-size:1.05em}
 .o-NA{background:#e7e9ec;color:#555}.o-none{background:#fff;color:#999}
 .knobs{font-size:12px;color:#444;max-width:30em}
 td.moved{outline:3px dashed #b42318;outline-offset:-3px}
+td.carried summary{font-style:italic;opacity:.75}
 tr.cell-row td:nth-child(-n+3){white-space:nowrap}
 tr.differs td.variant::after{content:" \\2260";color:#b42318;font-weight:bold}
 details summary{cursor:pointer;white-space:nowrap}
@@ -114,12 +115,15 @@ def _verdict_badge(verdict: Mapping[str, Any] | None, names: dict[str, str]) -> 
             f'{escape(verdict["overall"])}</span>')
 
 
-def _cell(cell: Mapping[str, Any] | None) -> str:
+def _cell(cell: Mapping[str, Any] | None, names: Mapping[str, str] | None = None) -> str:
     if cell is None:
         return '<td class="cell o-none">not run</td>'
     moved = cell.get("passed") is False
     error = cell.get("first_error") or cell.get("reason") or ""
     expected = f"expected {cell.get('expected', '?')}" + (" - this cell moved" if moved else "")
+    if cell.get("carried_from"):
+        expected += (f" - carried from {table.carried_name(cell, names)} "
+                     f"({cell['carried_from']}): not run in this environment")
     first_line = error.splitlines()[0][:200] if error else ""
     tip = f"{table.counts(cell)}\n{expected}" + (f"\n{first_line}" if first_line else "")
     knobs = cell.get("knobs") or {}
@@ -130,9 +134,10 @@ def _cell(cell: Mapping[str, Any] | None) -> str:
             + (f'<ul class="knobs">{meanings}</ul>' if meanings else "")
             + (f'<div class="knobs">knobs in force: {escape(_knob_text(knobs))}</div>'
                if knobs else ""))
-    classes = f"cell {_outcome_class(cell['outcome'])}" + (" moved" if moved else "")
+    classes = (f"cell {_outcome_class(cell['outcome'])}" + (" moved" if moved else "")
+               + (" carried" if cell.get("carried_from") else ""))
     return (f'<td class="{classes}" data-outcome="{escape(cell["outcome"])}" '
-            f'title="{escape(tip)}"><details><summary>{escape(table.cell_text(cell))}'
+            f'title="{escape(tip)}"><details><summary>{escape(table.cell_text(cell, names))}'
             f"</summary>{body}</details></td>")
 
 
@@ -181,7 +186,7 @@ def render(matrix: Mapping[str, Any], title: str = "Compatibility matrix") -> st
                 f'data-differs="{int(r.differs)}" data-moved="{int(moved)}">'
                 f'<td class="variant" title="{escape(_description(r))}">{escape(r.variant)}</td>'
                 f"<td>{escape(r.driver)}</td><td>{escape(r.role)}</td>"
-                + "".join(_cell(c) for c in r.cells) + "</tr>")
+                + "".join(_cell(c, names) for c in r.cells) + "</tr>")
     differ = sum(r.differs for r in rows)
     depends = sum(v["overall"] == DEPENDS for v in verdicts.values())
     filters = "".join([
@@ -200,7 +205,9 @@ def render(matrix: Mapping[str, Any], title: str = "Compatibility matrix") -> st
 <p>{len(matrix["environments"])} environments, {len(rows)} rows (scenario x variant x driver);
 {differ} rows differ between environments (&#8800;); {depends} claims depend on the version.
 Click a cell for its counts and the real error text; a dashed cell is not the scenario's
-expectation (it moved). Highlighted versions differ from E1.</p>
+expectation (it moved). Highlighted versions differ from E1. A cell ending in (= En), in
+italics, was not run in its column: it is carried from En, which ran it (see the notes
+under the legend).</p>
 {_legend(matrix)}
 <div class="filters">{filters}</div>
 <table id="matrix"><thead><tr>{"".join(f"<th>{escape(h)}</th>" for h in head)}</tr></thead>

@@ -59,10 +59,16 @@ def render(matrix: Mapping[str, Any]) -> str:
     rows = table.rows(matrix)
     differ = sum(r.differs for r in rows)
     moved = sum(1 for r in rows for c in r.cells if c is not None and c.get("passed") is False)
+    carried = sum(1 for r in rows for c in r.cells if c is not None and c.get("carried_from"))
     intro = (f"{len(matrix['environments'])} environments, {len(rows)} rows (scenario x "
              f"variant x driver). {differ} rows differ between environments; {moved} cells are "
              f"not the scenario's expectation, marked (!). Bold versions differ from E1. A cell "
              f"reads OUTCOME ok/total.")
+    if carried:
+        intro += (f" {carried} cells end in (= En): they were not run in their column but "
+                  f"carried from En, which ran them, because they depend on no axis in which "
+                  f"the two environments differ (see the notes under the legend); a (!) "
+                  f"there is En's observation.")
     lines = ["# Compatibility matrix", "", intro, "", *_legend(matrix), ""]
     verdicts = table.verdict_index(matrix)
     for scenario in sorted({r.scenario for r in rows}):
@@ -79,7 +85,7 @@ def render(matrix: Mapping[str, Any]) -> str:
         heads = ["variant", "driver", "role", *names.values(), "differs"]
         lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for r in (r for r in rows if r.scenario == scenario):
-            cells = [table.cell_text(c) for c in r.cells]
+            cells = [table.cell_text(c, names) for c in r.cells]
             lines.append(f"| {r.variant} | {r.driver} | {r.role} | " + " | ".join(cells)
                          + f" | {'yes' if r.differs else ''} |")
         lines.append("")

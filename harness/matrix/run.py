@@ -79,6 +79,9 @@ class Progress:
         self.test_s = 0.0
         self.tests_done = 0
         self._last = 0.0
+        # Environment id -> the scenario tests it runs, when that differs between
+        # environments (carried cells are not run); empty: tests_per_env each.
+        self.runs: dict[str, int] = {}
 
     def say(self, message: str) -> None:
         print(f"[matrix {_fmt(time.monotonic() - self.started)}] {message}",
@@ -104,7 +107,8 @@ class Progress:
             return None
         per_test = (self.test_s + elapsed_now) / done
         build_each = sum(self.build_s) / len(self.build_s) if self.build_s else 0.0
-        tests_left = max(self.envs * self.tests_per_env - done, 0)
+        planned = sum(self.runs.values()) if self.runs else self.envs * self.tests_per_env
+        tests_left = max(planned - done, 0)
         return (self.envs - self.built) * build_each + tests_left * per_test
 
     def _left(self, done_now: int = 0, elapsed_now: float = 0.0) -> str:
@@ -118,7 +122,8 @@ class Progress:
             return
         self._last = now
         self.say(f"running {self.ran + 1}/{self.envs} {combo_id}: {done}/"
-                 f"{self.tests_per_env} scenario tests done, {moved} moved"
+                 f"{self.runs.get(combo_id, self.tests_per_env)} scenario tests done, "
+                 f"{moved} moved"
                  f"{self._left(done, elapsed)}")
 
     def env_ran(self, run: EnvRun) -> None:

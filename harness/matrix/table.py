@@ -77,7 +77,7 @@ def env_notes(matrix: Mapping[str, Any]) -> list[tuple[str, str]]:
             report = str(smoke.get("report") or "").split("\n")[0]
             notes.append((name, report or f"no cells: its smoke check failed "
                                           f"({smoke.get('error', '')})."))
-    return notes + besides_axes(matrix)
+    return notes + besides_axes(matrix) + carried_notes(matrix)
 
 
 def besides_axes(matrix: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -153,11 +153,14 @@ def counts(cell: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def cell_text(cell: Mapping[str, Any] | None) -> str:
+def cell_text(cell: Mapping[str, Any] | None,
+              names: Mapping[str, str] | None = None) -> str:
     """Short text of a cell: ``REPRODUCED 2/12``, ``CLEAN 12/12``, ``N/A``, ``-``.
 
     A trailing ``(!)`` marks a cell whose outcome is not the scenario's expectation:
-    a cell that moved in this environment.
+    a cell that moved in this environment. A carried cell ends in ``(= E1)``: it was
+    not run here, it is what E1 observed (``names``: environment id -> short name;
+    without it, the id).
     """
     if cell is None:
         return "-"
@@ -167,7 +170,81 @@ def cell_text(cell: Mapping[str, Any] | None) -> str:
         text += f" {t.get('ok', 0)}/{t['total']}"
     if cell.get("passed") is False:
         text += " (!)"
+    if cell.get("carried_from"):
+        text += f" (= {carried_name(cell, names)})"
     return text
+
+
+def carried_name(cell: Mapping[str, Any], names: Mapping[str, str] | None = None) -> str:
+    """The short name (else the id) of the environment a carried cell was observed in."""
+    source = str(cell.get("carried_from") or "")
+    return (names or {}).get(source, source)
+
+
+def carried_notes(matrix: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(short name, what) for every environment with carried cells: how many, from where,
+    and what carrying assumed where the source ran on other services or elsewhere.
+
+    Carrying (policy ``axes``) takes a cell across differences that are not axes: the
+    backend, the PostgreSQL and Redis versions it started, a container. The note names
+    each such difference, so a carried cell is read as the other environment's
+    observation, made on that environment's services.
+    """
+    envs = matrix["environments"]
+    names = dict(zip((e["id"] for e in envs), short_names(matrix)))
+    by_id = {e["id"]: e for e in envs}
+    sources: dict[str, dict[str, int]] = {}
+    for r in matrix["results"]:
+        if r.get("carried_from"):
+            counts = sources.setdefault(r["env"], {})
+            counts[r["carried_from"]] = counts.get(r["carried_from"], 0) + 1
+    notes = []
+    for env in envs:
+        counts = sources.get(env["id"])
+        missing = env.get("carried_missing")
+        if not counts and not missing:
+            continue
+        parts = [f"{n} from {names.get(s, s)}" for s, n in sorted(counts.items())] \
+            if counts else []
+        text = (f"{sum((counts or {}).values())} cells carried, not run here ("
+                + ", ".join(parts) + "): they depend on no axis in which it differs from "
+                "their source" if counts else "")
+        assumed = []
+        for source_id in sorted(counts or {}):
+            source = by_id.get(source_id, {})
+            apart = _apart(source, env)
+            if apart:
+                assumed.append(f"from {names.get(source_id, source_id)} across "
+                               + "; ".join(apart))
+        if assumed:
+            text += (". Carrying assumed that these differences move no cell: "
+                     + "; ".join(assumed) + " (carry = \"strict\" in matrix.toml runs such "
+                     "cells instead)")
+        if missing:
+            text += ("; " if text else "") + (f"{missing} carried cell(s) are missing: their "
+                                               f"source's results were not merged")
+        policy = env.get("carry_policy")
+        notes.append((names[env["id"]], text + (f" [policy {policy}]" if policy else "")
+                      + "."))
+    return notes
+
+
+def _apart(source: Mapping[str, Any], env: Mapping[str, Any]) -> list[str]:
+    """What differs between two environments besides their axes, as far as recorded."""
+    parts = []
+    a, b = source.get("services", {}), env.get("services", {})
+    for key, label in SERVICE_LABELS.items():
+        if key in a and key in b and a[key] != b[key]:
+            parts.append(f"{label} {a[key]} there, {b[key]} here")
+        elif key == "postgres" and key in a and key not in b:
+            parts.append(f"{label} {a[key]} there, not recorded here (no cell ran here)")
+    ra, rb = (source.get("runs_in") or {}).get("image"), (env.get("runs_in") or {}).get("image")
+    if ra != rb:
+        parts.append(f"runs in {ra or 'the host'} there, {rb or 'the host'} here")
+    if source.get("python") and env.get("python") and source["python"] != env["python"] \
+            and source["python"].split(".")[:2] == env["python"].split(".")[:2]:
+        parts.append(f"Python {source['python']} there, {env['python']} here")
+    return parts
 
 
 def verdict_index(matrix: Mapping[str, Any]) -> dict[tuple[str, str], Mapping[str, Any]]:
