@@ -148,6 +148,25 @@ def test_a_failed_end_moves_inward() -> None:
     assert (result.old_index, result.new_index, result.status) == (1, 4, "found")
 
 
+HARNESS_ERROR = CellState("HARNESS_ERROR")
+
+
+def test_a_harness_error_is_never_read_as_a_change() -> None:
+    observe, calls = fake(boundary={A: 5}, states_at={4: {A: HARNESS_ERROR}})
+    result = search([str(i) for i in range(9)], observe)
+    (b,) = result.boundaries
+    assert (b.last_old, b.first_new, b.failed, b.exact) == (3, 5, [4], False)
+    assert result.status == "unresolved" and calls.count(4) == 1
+
+
+def test_an_end_with_a_harness_error_gives_its_place_to_its_neighbour() -> None:
+    observe, calls = fake(boundary={A: 2}, states_at={4: {A: HARNESS_ERROR}})
+    result = search([str(i) for i in range(5)], observe)
+    assert calls[:3] == [0, 4, 3] and result.new_index == 3
+    assert (result.boundaries[0].last_old, result.boundaries[0].first_new) == (1, 2)
+    assert result.failed == [4]
+
+
 def test_no_two_releases_that_run_is_reported_as_such() -> None:
     observe, _ = fake(boundary={A: 1}, failing={0, 1, 2})
     result = search(["a", "b", "c"], observe)
@@ -179,6 +198,7 @@ def test_classify_a_release_against_the_ends() -> None:
     assert bisect.classify({A: NEVER, B: UNENCODABLE}, old, new, moving) == "split"
     assert bisect.classify({A: CellState("CLEAN"), B: NEVER}, old, new, moving) == "other"
     assert bisect.classify(None, old, new, moving) == "failed"
+    assert bisect.classify({A: HARNESS_ERROR, B: NEVER}, old, new, moving) == "unknown"
 
 
 def test_the_signature_set_counts_not_the_counts() -> None:

@@ -48,7 +48,7 @@ from packaging.version import InvalidVersion, Version
 from harness import interrupts
 from harness import results as results_file
 from harness.bootstrap import default_workers
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.matrix import (
     axes,
     command,
@@ -85,6 +85,14 @@ class CellState:
 
 
 ABSENT = CellState("(not run)")
+# The harness could not run the cell (services not ready, a worker that never started):
+# that says nothing about the release, so such a cell neither narrows its search nor
+# counts as a change (harness/outcome.py: HARNESS_ERROR is never a pass either).
+UNKNOWN_OUTCOMES = ("HARNESS_ERROR",)
+
+
+def known(state: CellState | None) -> bool:
+    return state is not None and state.outcome not in UNKNOWN_OUTCOMES
 
 
 def cell_key(entry: Mapping[str, Any]) -> Key:
@@ -224,7 +232,9 @@ class SearchResult:
 
     @property
     def failed(self) -> list[int]:
-        return sorted(i for i, s in self.seen.items() if s is None)
+        """Releases whose environment failed, or where a cell was HARNESS_ERROR."""
+        return sorted(i for i, s in self.seen.items()
+                      if s is None or not all(known(c) for c in s.values()))
 
     def came_back(self) -> list[tuple[Key, int]]:
         """Cells alike at both ends that differed at some release between them: a change
@@ -238,7 +248,8 @@ class SearchResult:
                 continue
             for i in sorted(self.seen):
                 states = self.seen[i]
-                if states is not None and states.get(key, ABSENT) != old.get(key, ABSENT):
+                if states is not None and known(states.get(key)) \
+                        and states.get(key, ABSENT) != old.get(key, ABSENT):
                     found.append((key, i))
                     break
         return found
@@ -249,7 +260,7 @@ class Search:
 
     Each moving cell has an interval (last index seen as at OLD, first index seen
     otherwise). A release observed inside a cell's interval narrows it; one that failed
-    is never tried again and never narrows anything. The next release to try is the
+    (or where that cell was HARNESS_ERROR) is never tried again and narrows nothing. The next release to try is the
     middle of the widest interval still holding untried releases, so cells that move
     together cost one search, and a split costs only the extra steps it needs.
     """
@@ -290,8 +301,9 @@ class Search:
         if states is None:
             return
         for key, interval in self.intervals.items():
-            if interval[0] < i < interval[1]:
-                interval[0 if states.get(key, ABSENT) == self.old[key] else 1] = i
+            mine = states.get(key, ABSENT)
+            if interval[0] < i < interval[1] and known(mine):
+                interval[0 if mine == self.old[key] else 1] = i
 
     def boundaries(self) -> list[Boundary]:
         """Cells grouped by their interval, in the order of the releases."""
@@ -301,8 +313,10 @@ class Search:
         found = []
         for (lo, hi), keys in sorted(groups.items()):
             between = range(lo + 1, hi)
-            found.append(Boundary(keys, lo, hi, untried=[i for i in between if i not in self.seen],
-                                  failed=[i for i in between if self.seen.get(i, 0) is None]))
+            failed = [i for i in between if i in self.seen and (
+                self.seen[i] is None or not all(known(self.seen[i].get(k)) for k in keys))]
+            found.append(Boundary(keys, lo, hi, failed=failed,
+                                  untried=[i for i in between if i not in self.seen]))
         return found
 
 
@@ -312,8 +326,8 @@ def search(releases: Sequence[str], observe: Observe,
 
     ``observe(i)`` runs release ``i`` and returns its cells' states, or None when its
     environment could not be built or run (then the next release inward stands in for an
-    end, and a release between is simply skipped). ``out_of_budget()`` is asked before
-    every environment.
+    end, and a release between is simply skipped; an end with a HARNESS_ERROR cell gives
+    its place too). ``out_of_budget()`` is asked before every environment.
     """
     s = Search(releases)
     result = SearchResult("no-ends", list(releases), seen=s.seen)
@@ -321,7 +335,7 @@ def search(releases: Sequence[str], observe: Observe,
     def try_(i: int) -> bool:
         result.order.append(i)
         s.record(i, observe(i))
-        return s.seen[i] is not None
+        return s.seen[i] is not None and all(known(c) for c in s.seen[i].values())
 
     # OLD and NEW first; an end that cannot run gives its place to its inward neighbour.
     ends = [0, len(releases) - 1]
@@ -367,8 +381,10 @@ def classify(states: Mapping[Key, CellState] | None, old: Mapping[Key, CellState
     sides = set()
     for key in moving:
         mine = states.get(key, ABSENT)
-        sides.add("old" if mine == old.get(key, ABSENT)
+        sides.add("unknown" if not known(mine) else "old" if mine == old.get(key, ABSENT)
                   else "new" if mine == new.get(key, ABSENT) else "other")
+    if "unknown" in sides:
+        return "unknown"
     if sides <= {"old"}:
         return "old"
     if sides == {"new"}:
@@ -573,17 +589,18 @@ class Runner:
     def _run(self, i: int, combo: axes.Combination, step: Step) -> dict[Key, CellState] | None:
         plan = self.plan
         python = plan.pythons[combo.versions["python"]]
-        service = sources.env_services([combo], plan.pythons, plan.pgbouncers)[combo.id]
-        resolution = command.resolutions_for([combo], plan.resolve, plan.cache_dir)[combo.venv_id]
         what = f"{plan.axis} {step.release}"
-        _say(f"{what}: environment {combo.id} ({resolution.describe()})", self.started)
         logs = self.out / "logs"
         step.log = str(logs / f"{combo.id}.build.log")
         try:
+            service = sources.env_services([combo], plan.pythons, plan.pgbouncers)[combo.id]
+            resolution = command.resolutions_for([combo], plan.resolve,
+                                                 plan.cache_dir)[combo.venv_id]
+            _say(f"{what}: environment {combo.id} ({resolution.describe()})", self.started)
             env = containers.build_any(combo, python, self.root, root=plan.cache_dir,
                                        log_path=logs / f"{combo.id}.build.log",
                                        resolution=resolution)
-        except environments.EnvBuildError as exc:
+        except HarnessError as exc:  # EnvBuildError, or the index did not answer
             step.status = "build-failed"
             step.report = (f"Environment {combo.id} ({what}) could not be built, so it is "
                            f"skipped and its neighbours are searched instead; it is not read "
