@@ -245,6 +245,15 @@ def test_evidence_says_when_the_scenario_expects_no_change_there() -> None:
     assert "the scenario expects the same on both sides" in text
 
 
+def test_a_release_left_out_between_the_two_sides_is_named() -> None:
+    observe, _ = fake(boundary={A: 1})
+    result = search(["0.29.0", "0.30.0"], observe)
+    text = "\n".join(bisect.summary("asyncpg", result, {}, {},
+                                    {"0.29.1": "no build for Python 3.13", "0.31.0": "x"}))
+    assert "left out between them: 0.29.1 (no build for Python 3.13)" in text
+    assert "0.31.0" not in text
+
+
 def test_no_change_prints_both_sides() -> None:
     observe, _ = fake(boundary={A: 99})
     result = search(["5.5.0", "5.7.0"], observe)
@@ -270,6 +279,49 @@ def test_the_record_holds_every_step(tmp_path: Path) -> None:
     assert document["result"]["boundaries"] == [{
         "cells": [" / ".join(A)], "last_old": "5.5.0", "first_new": "5.6.0", "exact": True,
         "untried": [], "failed": []}]
+
+
+def test_the_command_prints_the_boundary_and_records_every_step(tmp_path: Path, capsys,
+                                                                 monkeypatch) -> None:
+    """The whole command over a fake outcome function in place of the environments."""
+    releases = ["5.5.0", "5.5.1", "5.5.2", "5.6.0", "5.6.3", "5.7.0"]
+    plan = bisect.Plan("celery", releases, {}, {"python": "3.13", "celery": "5.7.0"}, {}, {},
+                       1, ["-k", "x"], "dated", None, 1, 60.0)
+    monkeypatch.setattr(bisect, "make_plan", lambda *a: plan)
+
+    def run(self, i, combo, step):
+        sig = "body-never-ran" if i < 4 else "coroutine-result-unencodable"
+        self.entries[i] = {A: entry(sig, sig)}
+        self.paths[i] = f"runs/{i}/results.json"
+        step.status = "ran" if i != 2 else "build-failed"
+        return None if i == 2 else bisect.states_of(self.entries[i].values())
+
+    monkeypatch.setattr(bisect.Runner, "_run", run)
+    args = argparse.Namespace(out=tmp_path, budget=5.0, pre=False, old="5.5.0", new="5.7.0",
+                              keyword="x")
+    code = bisect.bisect_command(ROOT, args, [])
+    out = capsys.readouterr().out
+    assert code == 3  # the search found the boundary, but one environment failed
+    assert "First release where the selected cells changed: celery 5.6.3" in out
+    assert "between celery 5.6.0 and 5.6.3 (adjacent releases)" in out
+    assert "1 release(s) gave no answer" in out and "celery 5.5.2" in out
+    (path,) = tmp_path.glob("*/bisect.json")
+    document = json.loads(path.read_text())
+    steps = [(s["release"], s["role"], s["side"]) for s in document["steps"]]
+    assert steps == [("5.5.0", "old end", "old"), ("5.7.0", "new end", "new"),
+                     ("5.5.2", "between", "failed"), ("5.6.0", "between", "old"),
+                     ("5.6.3", "between", "new")]
+    assert document["result"]["status"] == "found" and document["exit_code"] == 3
+
+
+def test_a_spent_budget_exits_3_with_what_it_knows(tmp_path: Path, capsys, monkeypatch) -> None:
+    plan = bisect.Plan("celery", ["5.5.0", "5.7.0"], {}, {"python": "3.13"}, {}, {}, 1, [],
+                       "dated", None, 1, 60.0)
+    monkeypatch.setattr(bisect, "make_plan", lambda *a: plan)
+    args = argparse.Namespace(out=tmp_path, budget=1e-9, pre=False, old="5.5.0", new="5.7.0",
+                              keyword=None)
+    assert bisect.bisect_command(ROOT, args, []) == 3
+    assert "budget ran out before both ends ran" in capsys.readouterr().out
 
 
 # --- bad input: refused before anything is built ------------------------------------------

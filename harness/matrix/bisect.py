@@ -447,9 +447,16 @@ def evidence(axis: str, boundary: Boundary, releases: Sequence[str],
     return lines
 
 
+def left_between(left_out: Mapping[str, str], low: str, high: str) -> list[str]:
+    """The releases left out before the search (no build for this Python, no image) that
+    lie between two releases: "adjacent" in the search is not adjacent on the index then."""
+    return [f"{v} ({why})" for v, why in left_out.items()
+            if index.version_key(low) < index.version_key(v) < index.version_key(high)]
+
+
 def summary(axis: str, result: SearchResult,
             entries: Mapping[int, Mapping[Key, Mapping[str, Any]]],
-            paths: Mapping[int, str]) -> list[str]:
+            paths: Mapping[int, str], left_out: Mapping[str, str] | None = None) -> list[str]:
     """The answer, for the terminal: the boundary (or boundaries) with evidence, or why
     there is none."""
     r, lines = result.releases, []
@@ -489,9 +496,12 @@ def summary(axis: str, result: SearchResult,
                 "budget": "The budget ran out; the range narrowed so far"}[result.status]
         lines.append(head + ":")
         for b in result.boundaries:
+            gap = left_between(left_out or {}, r[b.last_old], r[b.first_new])
             if b.exact:
                 lines.append(f"{len(b.cells)} cell(s) change between {axis} {r[b.last_old]} "
-                             f"and {r[b.first_new]} (adjacent releases):")
+                             f"and {r[b.first_new]} " + (
+                                 f"(adjacent among the releases searched; left out between "
+                                 f"them: {'; '.join(gap)}):" if gap else "(adjacent releases):"))
             else:
                 lines.append(f"{len(b.cells)} cell(s) change after {axis} {r[b.last_old]}, at "
                              f"or before {r[b.first_new]}; between them "
@@ -954,10 +964,11 @@ def bisect_command(root: Path, args: argparse.Namespace, pytest_extra: list[str]
         print(f"  {n}. {plan.axis} {step.release:<10} {step.role:<8} {step.status:<12} "
               f"{step.side or '':<6} {spent}")
     print()
-    for line in summary(plan.axis, result, runner.entries, runner.paths):
+    for line in summary(plan.axis, result, runner.entries, runner.paths, plan.skipped):
         print(line)
     if result.failed:
-        print(f"{len(result.failed)} environment(s) failed (see the paragraphs above): "
+        print(f"{len(result.failed)} release(s) gave no answer (an environment that failed, "
+              f"or a HARNESS_ERROR cell; see above): "
               + ", ".join(f"{plan.axis} {r[i]}" for i in result.failed))
     print(f"{len(runner.steps)} environment(s) in {int(elapsed) // 60}m{int(elapsed) % 60:02d}s; "
           f"record: {path}")
