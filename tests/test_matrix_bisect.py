@@ -264,6 +264,35 @@ def test_no_change_prints_both_sides() -> None:
     assert text.count("REPRODUCED {body-never-ran}") == 2 and "y.json" in text
 
 
+def test_segments_say_where_an_expectation_changes() -> None:
+    assert bisect.segments(["A", "A", "B", "A"], ["1", "2", "3", "4"]) == \
+        "A at 1..2; B at 3; A at 4"
+
+
+def test_the_rules_predict_each_release_without_running_it() -> None:
+    """The scenarios' own rules, read in this process: asyncpg >= 0.31 stops naming every
+    statement, so the article's fix is clean behind PgBouncer 1.18 only from 0.31 on."""
+    key = ("pgbouncer-prepared-asyncpg", "statement-cache-size-0-nullpool", "asyncpg")
+    base = {"python": "3.13", "sqlalchemy": "2.1.9", "celery": "5.7.0", "psycopg": "3.3.9",
+            "pgbouncer": "1.18"}
+    got = bisect.rule_predictions(ROOT, "asyncpg", ["0.30.0", "0.32.0"],
+                                  lambda v: {**base, "asyncpg": v}, "1.18.0",
+                                  [key, ("no-such-scenario", "x", "asyncpg")])
+    assert list(got) == [key]
+    assert got[key][0].startswith("REPRODUCED") and got[key][1] == "CLEAN"
+
+
+def test_ends_that_agree_point_at_a_change_the_rules_expect_inside() -> None:
+    observe, _ = fake(boundary={A: 99})
+    result = search(["5.5.0", "5.6.3", "5.7.0"], observe)
+    same = {A: entry("body-never-ran", "body-never-ran")}
+    text = "\n".join(bisect.summary("celery", result, {0: same, 2: same}, {}, predicted={
+        A: ["REPRODUCED (body-never-ran)", "REPRODUCED (coroutine-result-unencodable)",
+            "REPRODUCED (body-never-ran)"]}))
+    assert "rules expect: REPRODUCED (body-never-ran) at 5.5.0; " in text
+    assert "bisect celery 5.5.0 5.6.3 to check where it begins" in text
+
+
 def test_the_record_holds_every_step(tmp_path: Path) -> None:
     plan = bisect.Plan("celery", ["5.5.0", "5.6.0", "5.7.0"], {"5.5.1": "why"},
                        {"python": "3.13", "celery": "5.7.0"}, {}, {}, 2, ["-k", "x"],

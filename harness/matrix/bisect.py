@@ -392,6 +392,56 @@ def classify(states: Mapping[Key, CellState] | None, old: Mapping[Key, CellState
     return "other" if "other" in sides else "split"
 
 
+# --- what the scenarios' rules say -----------------------------------------------------
+def segments(row: Sequence[str], releases: Sequence[str]) -> str:
+    """``[A, A, B, A]`` over ``[r0..r3]`` -> ``A r0..r1; B r2; A r3``: where a rule's
+    expectation changes, in the releases searched."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(row) + 1):
+        if i == len(row) or row[i] != row[start]:
+            span = releases[start] if i - 1 == start else f"{releases[start]}..{releases[i - 1]}"
+            parts.append(f"{row[start]} at {span}")
+            start = i
+    return "; ".join(parts)
+
+
+def rule_predictions(root: Path, axis: str, releases: Sequence[str],
+                     versions: Callable[[str], Mapping[str, str]], pgbouncer: str | None,
+                     keys: Iterable[Key]) -> dict[Key, list[str]]:
+    """What each cell's scenario expects at each release, by its version rules (no run).
+
+    ``versions(release)`` gives the axes of that release's environment. Advisory only: a
+    scenario or variant this checkout does not declare, or rules that cannot be read, give
+    no prediction (an empty answer), never an error.
+    """
+    try:
+        from harness import rules
+        from harness import scenario as declared
+
+        by_id = {s.id: s for s in rules.catalogue(root)}
+        found: dict[Key, list[str]] = {}
+        for key in keys:
+            if key[0] not in by_id:
+                continue
+            variant = by_id[key[0]].variant(key[1])
+            row = []
+            for release in releases:
+                axes_ = versions(release)
+                major, minor = (int(p) for p in axes_["python"].split(".")[:2])
+                env = declared.RunEnv(key[2], (major, minor),
+                                      {a: axes_[a] for a in axes.PACKAGE_AXES},
+                                      axes_["pgbouncer"] if axis == "pgbouncer" else pgbouncer)
+                if key[2] in variant.not_for or (variant.requires and variant.requires(env)):
+                    row.append("N/A")
+                else:
+                    row.append(declared.resolve(variant.expect, env).describe())
+            found[key] = row
+        return found
+    except Exception:  # noqa: BLE001 - a prediction must never stop the search's answer
+        return {}
+
+
 # --- evidence ---------------------------------------------------------------------------
 def _counts(entry: Mapping[str, Any] | None) -> str:
     if entry is None:
@@ -456,10 +506,18 @@ def left_between(left_out: Mapping[str, str], low: str, high: str) -> list[str]:
 
 def summary(axis: str, result: SearchResult,
             entries: Mapping[int, Mapping[Key, Mapping[str, Any]]],
-            paths: Mapping[int, str], left_out: Mapping[str, str] | None = None) -> list[str]:
+            paths: Mapping[int, str], left_out: Mapping[str, str] | None = None,
+            predicted: Mapping[Key, Sequence[str]] | None = None) -> list[str]:
     """The answer, for the terminal: the boundary (or boundaries) with evidence, or why
-    there is none."""
+    there is none; with ``predicted`` (:func:`rule_predictions`), where each cell's
+    scenario rules put their own boundaries in the range."""
     r, lines = result.releases, []
+    predicted = predicted or {}
+
+    def rules_say(key: Key) -> list[str]:
+        row = predicted.get(key)
+        return [f"    its scenario's rules expect: {segments(row, r)}"] if row else []
+
     if result.status == "no-ends":
         return [(f"No two releases of {axis} between {r[0]} and {r[-1]} could be run "
                  f"(failed: {', '.join(r[i] for i in result.failed) or 'none'}), so there is "
@@ -482,11 +540,20 @@ def summary(axis: str, result: SearchResult,
                 state = cell_state(entry).describe() if entry else ABSENT.describe()
                 lines.append(f"    {axis} {r[i]:<10} {state}: {_counts(entry)}; expected "
                              f"{_expected(entry)}")
+            lines.extend(rules_say(key))
         lines.append(f"  results: {axis} {r[old_i]}: {paths.get(old_i, '?')}")
         lines.append(f"           {axis} {r[new_i]}: {paths.get(new_i, '?')}")
-        lines.append(f"  A change and its reversal between the ends would not show here: "
-                     f"bisect a narrower range ({axis} {r[old_i]} {r[(old_i + new_i) // 2]}, "
-                     f"say) to look inside.")
+        inside = sorted({next(i for i in range(old_i + 1, new_i + 1) if row[i] != row[old_i])
+                         for row in predicted.values()
+                         if any(row[i] != row[old_i] for i in range(old_i + 1, new_i + 1))})
+        if inside:
+            lines.append(f"  The scenario's rules expect a change inside the range (first at "
+                         f"{axis} {', '.join(r[i] for i in inside)}) that the ends cannot show: "
+                         f"bisect {axis} {r[old_i]} {r[inside[0]]} to check where it begins.")
+        else:
+            lines.append(f"  A change and its reversal between the ends would not show here: "
+                         f"bisect a narrower range ({axis} {r[old_i]} "
+                         f"{r[(old_i + new_i) // 2]}, say) to look inside.")
     else:
         head = {"found": f"First release where the selected cells changed: {axis} "
                          f"{r[result.boundaries[0].first_new] if result.boundaries else '?'}",
@@ -510,7 +577,11 @@ def summary(axis: str, result: SearchResult,
                                  if b.untried else "",
                                  ("failed: " + ", ".join(r[i] for i in b.failed))
                                  if b.failed else ""])) + ":")
-            lines.extend(evidence(axis, b, r, entries, paths, new_i))
+            for line in evidence(axis, b, r, entries, paths, new_i):
+                lines.append(line)
+                key = next((k for k in b.cells if line == f"  {cell_name(k)}"), None)
+                if key is not None:
+                    lines.extend(rules_say(key))
     for key, i in result.came_back():
         lines.append(f"Note: {cell_name(key)} is alike at both ends but was "
                      f"{(result.seen[i] or {}).get(key, ABSENT).describe()} at {axis} {r[i]}: "
@@ -964,7 +1035,11 @@ def bisect_command(root: Path, args: argparse.Namespace, pytest_extra: list[str]
         print(f"  {n}. {plan.axis} {step.release:<10} {step.role:<8} {step.status:<12} "
               f"{step.side or '':<6} {spent}")
     print()
-    for line in summary(plan.axis, result, runner.entries, runner.paths, plan.skipped):
+    cells = sorted({k for e in runner.entries.values() for k in e})
+    predicted = rule_predictions(root, plan.axis, r, lambda v: plan.combo(v).versions,
+                                 _pgbouncer_found(plan), cells)
+    for line in summary(plan.axis, result, runner.entries, runner.paths, plan.skipped,
+                        predicted):
         print(line)
     if result.failed:
         print(f"{len(result.failed)} release(s) gave no answer (an environment that failed, "
@@ -973,6 +1048,12 @@ def bisect_command(root: Path, args: argparse.Namespace, pytest_extra: list[str]
     print(f"{len(runner.steps)} environment(s) in {int(elapsed) // 60}m{int(elapsed) % 60:02d}s; "
           f"record: {path}")
     return code
+
+
+def _pgbouncer_found(plan: Plan) -> str | None:
+    """The PgBouncer version the baseline's environments run (for the rules), if known."""
+    source = plan.pgbouncers.get(plan.baseline.get("pgbouncer", ""))
+    return source.found if source else None
 
 
 @containers.removing_containers
