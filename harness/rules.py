@@ -15,13 +15,12 @@ the code, so a branch cannot change without its observations being recorded agai
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import importlib
 import json
 import pkgutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ from typing import Any
 from harness.conditions import Condition, RunEnv, describe
 from harness.errors import ConfigError
 from harness.outcome import Outcome
+from harness.recorded_runs import Cell, cells_of, default_sources, load_cells, shown
 from harness.scenario import Expected, Requirement, Rule, Scenario, Variant
 
 RECORD = Path("docs/matrix/rule-observations.json")
-DEFAULT_SOURCES = ("docs/matrix/matrix.json", "docs/matrix/runs/*.json")
 NOT_APPLICABLE = Expected(Outcome.NOT_APPLICABLE)
 
 
@@ -134,125 +133,6 @@ def catalogue(root: Path | None = None) -> list[Scenario]:
     found = [importlib.import_module(f"scenarios.{info.name}").SCENARIO
              for info in pkgutil.iter_modules(package.__path__) if info.name.startswith("test_")]
     return sorted(found, key=lambda s: s.id)
-
-
-# -- recorded runs -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecordedEnv:
-    """An environment of a recorded run, with the versions it recorded."""
-
-    id: str
-    file: str
-    date: str
-    python: str
-    packages: dict[str, str]
-    installed: dict[str, str] | None  # None: the record lists no installed packages
-    pgbouncer: str | None
-
-    def run_env(self, driver: str) -> RunEnv:
-        major, minor = (int(p) for p in self.python.split(".")[:2])
-        return RunEnv(driver, (major, minor), self.packages, self.pgbouncer,
-                      installed=self.installed if self.installed is not None else self.packages)
-
-    def knows(self, cond: Condition) -> bool:
-        """Did the run record what ``cond`` looks at?"""
-        subject = cond.subject
-        return subject.kind != "package" or subject.name in self.packages \
-            or self.installed is not None
-
-    def versions(self, conds: Iterable[Condition], driver: str) -> dict[str, str]:
-        env = self.run_env(driver)
-        return {c.subject.name: c.subject.version_in(env) or "missing" for c in conds}
-
-
-@dataclass(frozen=True)
-class Cell:
-    scenario: str
-    variant: str
-    driver: str
-    outcome: str
-    signatures: tuple[str, ...]
-    env: RecordedEnv
-
-
-def _date(run_id: str, fallback: str) -> str:
-    stamp = run_id.split("-")
-    if len(stamp) >= 2 and stamp[0].isdigit() and len(stamp[0]) == 8 and len(stamp[1]) >= 4:
-        day, hour = stamp[0], stamp[1]
-        return f"{day[:4]}-{day[4:6]}-{day[6:]} {hour[:2]}:{hour[2:4]}"
-    return fallback
-
-
-def _recorded_env(raw: dict, env_id: str, file: str, fallback_date: str) -> RecordedEnv:
-    services = raw.get("services") or {}
-    return RecordedEnv(
-        id=env_id, file=file, date=_date(str(raw.get("run_id", "")), fallback_date),
-        python=str(raw.get("python", "0.0")), packages=dict(raw.get("packages") or {}),
-        installed=dict(raw["installed"]) if isinstance(raw.get("installed"), dict) else None,
-        pgbouncer=services.get("pgbouncer") or raw.get("pgbouncer"))
-
-
-def cells_of(data: Any, file: str, fallback_date: str = "") -> list[Cell]:
-    """The cells of a matrix.json or results.json document; ConfigError when it is neither."""
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list) \
-            or not (isinstance(data.get("environments"), list)
-                    or isinstance(data.get("environment"), dict)):
-        raise ConfigError(
-            f"{file} is not a matrix.json or a results.json: expected a JSON object with a "
-            f"'results' list and either 'environments' (what 'harness matrix' writes) or "
-            f"'environment' (what a scenario run writes under results/). Pass one of those "
-            f"files with --from, or run 'harness matrix' to make one.")
-    if "environments" in data:
-        envs = {e.get("id"): _recorded_env(e, str(e.get("id")), file, fallback_date)
-                for e in data["environments"]}
-    else:
-        run_id = str(data.get("run_id", ""))
-        raw = {**data["environment"], "run_id": run_id}
-        envs = {None: _recorded_env(raw, f"run {run_id}", file, fallback_date)}
-    found = []
-    for row in data["results"]:
-        env = envs.get(row.get("env")) if "environments" in data else envs[None]
-        if env is None or not isinstance(row, dict):
-            continue
-        by_signature = (row.get("tasks") or {}).get("by_signature") or {}
-        found.append(Cell(row.get("scenario", ""), row.get("variant", ""),
-                          row.get("driver", ""), row.get("outcome", ""),
-                          tuple(sorted(by_signature)), env))
-    return found
-
-
-def load_cells(paths: list[Path], root: Path) -> list[Cell]:
-    """Every cell of the given files, each checked before any is matched."""
-    found = []
-    for path in paths:
-        shown = _shown(path, root)
-        if not path.is_file():
-            raise ConfigError(
-                f"{shown} does not exist: pass a matrix.json written by 'harness matrix' or a "
-                f"results.json of a scenario run with --from, or record a run under "
-                f"docs/matrix/ (matrix.json, runs/*.json) first.")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{shown} is not readable JSON ({exc}): pass a matrix.json or "
-                              f"results.json the harness wrote.") from exc
-        mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
-        found += cells_of(data, shown, mtime.strftime("%Y-%m-%d %H:%M"))
-    return found
-
-
-def _shown(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def default_sources(root: Path) -> list[Path]:
-    main = root / DEFAULT_SOURCES[0]
-    return ([main] if main.is_file() else []) + sorted((root / "docs/matrix/runs").glob("*.json"))
 
 
 # -- observation ----------------------------------------------------------------------
@@ -375,6 +255,25 @@ def record(observations: list[Observation], files: list[str]) -> dict:
     }
 
 
+def dump_record(doc: dict) -> str:
+    """The record as JSON a diff reads well: one line per piece of evidence."""
+    def value(v: Any, indent: str) -> str:
+        if isinstance(v, list) and v and isinstance(v[0], dict) and "file" in v[0]:
+            inner = indent + "  "
+            return "[\n" + ",\n".join(inner + json.dumps(e) for e in v) + "\n" + indent + "]"
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            inner = indent + " "
+            return "[\n" + ",\n".join(inner + obj(e, inner) for e in v) + "\n" + indent + "]"
+        return json.dumps(v)
+
+    def obj(d: dict, indent: str) -> str:
+        inner = indent + " "
+        return "{\n" + ",\n".join(f"{inner}{json.dumps(k)}: {value(v, inner)}"
+                                    for k, v in d.items()) + "\n" + indent + "}"
+
+    return obj(doc, "") + "\n"
+
+
 def record_problems(recorded: dict, branches: list[RuleBranch]) -> list[str]:
     """What the record and the code disagree on, one line each (empty: they agree)."""
     have = {b["id"]: b["fingerprint"] for b in recorded.get("branches", [])}
@@ -431,12 +330,12 @@ def rules_command(root: Path, args: argparse.Namespace) -> int:
             f"no recorded run in {root / 'docs/matrix'} (matrix.json, runs/*.json): copy a "
             f"matrix.json written by 'harness matrix' there, or pass files with --from.")
     cells = load_cells(paths, root)
-    files = [_shown(p, root) for p in paths]
+    files = [shown(p, root) for p in paths]
     observations = observe(catalogue(root), cells)
     if args.record:
         out = root / RECORD
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record(observations, files), indent=1) + "\n")
+        out.write_text(dump_record(record(observations, files)))
         print(f"wrote {RECORD}: {summary(observations, files)}")
         return 0
     chosen = [o for o in observations if args.keyword in o.branch.cell]
