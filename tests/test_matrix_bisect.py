@@ -102,6 +102,15 @@ def test_one_boundary_is_found_in_a_logarithmic_number_of_environments() -> None
     assert len(set(calls)) == len(calls)  # no environment twice
 
 
+def test_each_step_reports_its_side_and_the_range_left() -> None:
+    lines: list[str] = []
+    observe, _ = fake(boundary={A: 3})
+    search(["a", "b", "c", "d", "e"], observe, report=lines.append)
+    assert lines == ["1 cell(s) differ between a and e",
+                     "c is old; the change lies in c..e (1 untried between)",
+                     "d is new; the change lies in c..d"]
+
+
 def test_ends_that_agree_mean_no_boundary_and_nothing_else_runs() -> None:
     observe, calls = fake(boundary={A: 99})
     result = search(["5.5.0", "5.6.0", "5.7.0"], observe)

@@ -321,13 +321,15 @@ class Search:
 
 
 def search(releases: Sequence[str], observe: Observe,
-           out_of_budget: Callable[[], bool] = lambda: False) -> SearchResult:
+           out_of_budget: Callable[[], bool] = lambda: False,
+           report: Callable[[str], None] = lambda line: None) -> SearchResult:
     """Find where the cells change between the first and the last release.
 
     ``observe(i)`` runs release ``i`` and returns its cells' states, or None when its
     environment could not be built or run (then the next release inward stands in for an
     end, and a release between is simply skipped; an end with a HARNESS_ERROR cell gives
-    its place too). ``out_of_budget()`` is asked before every environment.
+    its place too). ``out_of_budget()`` is asked before every environment; ``report``
+    gets a line after each release between the ends: its side and the range left.
     """
     s = Search(releases)
     result = SearchResult("no-ends", list(releases), seen=s.seen)
@@ -358,12 +360,19 @@ def search(releases: Sequence[str], observe: Observe,
     if not result.moving:
         result.status = "no-change"
         return result
+    old, new = s.seen[lo] or {}, s.seen[hi] or {}
+    report(f"{len(result.moving)} cell(s) differ between {releases[lo]} and {releases[hi]}")
     while (i := s.next_probe()) is not None:
         if out_of_budget():
             result.status = "budget"
             result.boundaries = s.boundaries()
             return result
         try_(i)
+        left = "; ".join(f"{releases[b.last_old]}..{releases[b.first_new]}"
+                         + (f" ({len(b.untried)} untried between)" if b.untried else "")
+                         for b in s.boundaries())
+        report(f"{releases[i]} is {classify(s.seen[i], old, new, result.moving)}; "
+               f"the change lies in {left}")
     result.boundaries = s.boundaries()
     if not all(b.exact for b in result.boundaries):
         result.status = "unresolved"
@@ -1059,4 +1068,5 @@ def _pgbouncer_found(plan: Plan) -> str | None:
 @containers.removing_containers
 def _search_with_containers(plan: Plan, runner: Runner, deadline: float) -> SearchResult:
     """The search, with every container a step starts removed when it ends."""
-    return search(plan.releases, runner, out_of_budget=lambda: time.monotonic() >= deadline)
+    return search(plan.releases, runner, out_of_budget=lambda: time.monotonic() >= deadline,
+                  report=lambda line: _say(f"{plan.axis} {line}", runner.started))
