@@ -415,7 +415,9 @@ def plan_command(project_root: Path, matrix_file: Path | None,
     if fmt == "github":
         print(json.dumps(axes.github_include(combos), separators=(",", ":")))
         return 0
-    cells, why_none = planned_cells(project_root, spec.carry)
+    # One environment carries nothing: only a plan of several says what each runs.
+    cells, why_none = (planned_cells(project_root, spec.carry) if len(combos) > 1
+                       else ([], ""))
     counts = {p.id: p for p in carry.simulate([(c.id, c.versions) for c in combos], cells,
                                               spec.carry)} if cells else {}
     names = {c.id: f"E{i}" for i, c in enumerate(combos, start=1)}
