@@ -286,6 +286,23 @@ def record_problems(recorded: dict, branches: list[RuleBranch]) -> list[str]:
     return problems
 
 
+def record_out_of_date(recorded: dict, root: Path) -> list[str]:
+    """Where the record's observations differ from what the runs in docs/matrix/ show
+    now (a run added or replaced without ``--record``), one line each."""
+    paths = default_sources(root)
+    files = [shown(p, root) for p in paths]
+    if files != recorded.get("sources"):
+        made_from = recorded.get("sources")
+        return [f"the record was made from {made_from}; docs/matrix/ now holds {files}"]
+    fresh = record(observe(catalogue(root), load_cells(paths, root)), files)["branches"]
+    old = {b["id"]: b for b in recorded.get("branches", [])}
+    keys = ("state", "observed", "contradicted")
+    return [f"{b['id']}: recorded {old[b['id']]['state']}, the runs show {b['state']}"
+            + ("" if old[b["id"]]["state"] != b["state"] else " (other evidence)")
+            for b in fresh if b["id"] in old
+            and any(old[b["id"]].get(k) != b[k] for k in keys)]
+
+
 def legend_lines(matrix: dict, recorded: dict | None = None) -> list[str]:
     """Legend lines for a rendered matrix: per scenario in it, the rule branches that no
     cell of this matrix observed (nor, with ``recorded``, the record of earlier runs)."""
