@@ -305,18 +305,29 @@ def record_out_of_date(recorded: dict, root: Path) -> list[str]:
 
 def legend_lines(matrix: dict, recorded: dict | None = None) -> list[str]:
     """Legend lines for a rendered matrix: per scenario in it, the rule branches that no
-    cell of this matrix observed (nor, with ``recorded``, the record of earlier runs)."""
+    cell of this matrix observed (nor, with ``recorded``, the record of earlier runs).
+    Variants that share a branch's condition and outcome are named together, with their
+    drivers when not every driver of the scenario has the branch."""
     cells = cells_of(matrix, "this matrix")
-    wanted = {c.scenario for c in cells}
+    chosen = [s for s in catalogue() if s.id in {c.scenario for c in cells}]
+    drivers = {s.id: set(s.drivers) for s in chosen}
     known = {b["id"] for b in (recorded or {}).get("branches", []) if b.get("state") == "observed"}
-    missing: dict[str, list[str]] = {}
-    for obs in observe([s for s in catalogue() if s.id in wanted], cells):
-        if obs.state == "unobserved" and obs.branch.id not in known:
-            b = obs.branch
-            missing.setdefault(b.scenario, []).append(
-                f"{b.variant}/{b.driver} where {b.condition} ({b.expected.describe()})")
-    return [f"Rule branches no run observed, {scenario}: " + "; ".join(items)
-            for scenario, items in sorted(missing.items())]
+    groups: dict[str, dict[tuple[str, str], dict[str, set[str]]]] = {}
+    for obs in observe(chosen, cells):
+        b = obs.branch
+        if obs.state == "unobserved" and b.id not in known:
+            said = (b.condition, b.expected.describe())
+            groups.setdefault(b.scenario, {}).setdefault(said, {}) \
+                .setdefault(b.variant, set()).add(b.driver)
+    lines = []
+    for scenario, by_said in sorted(groups.items()):
+        items = []
+        for (condition, expect), variants in by_said.items():
+            names = [name + ("" if ds == drivers[scenario] else f" [{'/'.join(sorted(ds))}]")
+                     for name, ds in variants.items()]
+            items.append(f"{', '.join(names)} where {condition}: {expect}")
+        lines.append(f"Rule branches no run observed, {scenario}: " + "; ".join(items))
+    return lines
 
 
 # -- command --------------------------------------------------------------------------
