@@ -214,7 +214,10 @@ def _evidence_text(items: list[dict], limit: int = 2) -> str:
     return "; ".join(parts)
 
 
-def listing(observations: list[Observation], *, only_unobserved: bool = False) -> list[str]:
+def listing(observations: list[Observation], *, only_unobserved: bool = False,
+            why: bool = False) -> list[str]:
+    """The branches, grouped by scenario / variant / driver, each with its state and
+    evidence (and with ``why``, its reason and source)."""
     lines, last = [], None
     for obs in observations:
         if only_unobserved and obs.state != "unobserved":
@@ -224,6 +227,9 @@ def listing(observations: list[Observation], *, only_unobserved: bool = False) -
             lines.append(f"{branch.scenario} / {branch.variant} / {branch.driver}")
             last = branch.cell
         lines.append(f"  {obs.state:<13} {branch.condition} -> {branch.expected.describe()}")
+        if why:
+            lines += [f"{'':16}{label}: {text}" for label, text in
+                      (("why", branch.why), ("source", branch.source)) if text]
         if obs.contradicted:
             lines.append(f"{'':16}contradicted in {_evidence_text(obs.contradicted)}")
         if obs.seen:
@@ -346,6 +352,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="only branches whose scenario/variant/driver contains this text")
     parser.add_argument("--unobserved", action="store_true",
                         help="list only the branches no recorded run observed")
+    parser.add_argument("--why", action="store_true",
+                        help="show each branch's reason and source")
     parser.add_argument("--record", action="store_true",
                         help=f"write {RECORD} (the record tests/test_rules.py checks)")
 
@@ -367,7 +375,8 @@ def rules_command(root: Path, args: argparse.Namespace) -> int:
         print(f"wrote {RECORD}: {summary(observations, files)}")
         return 0
     chosen = [o for o in observations if args.keyword in o.branch.cell]
-    for line in listing(chosen, only_unobserved=args.unobserved):
+    for line in listing(chosen, only_unobserved=args.unobserved,
+                        why=getattr(args, "why", False)):
         print(line)
     print(summary(chosen, files))
     return 0
