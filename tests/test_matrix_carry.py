@@ -335,8 +335,8 @@ def test_a_carried_cell_reads_as_carried_in_markdown_html_and_json(tmp_path: Pat
     assert "| v | psycopg | control | CLEAN 8/8 | CLEAN 8/8 (= E1) |" in md
     assert "1 cells end in (= En)" in md
     notes = dict(table.env_notes(m))
-    assert "1 cells carried, not run here (1 from E1)" in notes["E2"]
-    assert "PostgreSQL 15.18 there, 15.20 here" in notes["E2"]
+    assert "1 cells carried from E1, not run here" in notes["E2"]
+    assert "its services differ (PostgreSQL 15.18 there, 15.20 here" in notes["E2"]
     assert "backend local there, docker here" in notes["E2"]
     html = render_html.render(m)
     assert 'class="cell o-CLEAN carried"' in html

@@ -183,49 +183,49 @@ def carried_name(cell: Mapping[str, Any], names: Mapping[str, str] | None = None
 
 def carried_notes(matrix: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(short name, what) for every environment with carried cells: how many, from where,
-    and what carrying assumed where the source ran on other services or elsewhere.
+    and what carrying assumed.
 
     Carrying (policy ``axes``) takes a cell across differences that are not axes: the
     backend, the PostgreSQL and Redis versions it started, a container. The note names
     each such difference, so a carried cell is read as the other environment's
-    observation, made on that environment's services.
+    observation, made on that environment's services. An asyncpg cell carried across
+    psycopg versions also assumes that the harness's own psycopg connections (each
+    variant's database, ``inspect_sql``) read the same with either version.
     """
     envs = matrix["environments"]
     names = dict(zip((e["id"] for e in envs), short_names(matrix)))
     by_id = {e["id"]: e for e in envs}
-    sources: dict[str, dict[str, int]] = {}
+    sources: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
     for r in matrix["results"]:
         if r.get("carried_from"):
-            counts = sources.setdefault(r["env"], {})
-            counts[r["carried_from"]] = counts.get(r["carried_from"], 0) + 1
+            sources.setdefault(r["env"], {}).setdefault(r["carried_from"], []).append(r)
     notes = []
     for env in envs:
-        counts = sources.get(env["id"])
-        missing = env.get("carried_missing")
-        if not counts and not missing:
-            continue
-        parts = [f"{n} from {names.get(s, s)}" for s, n in sorted(counts.items())] \
-            if counts else []
-        text = (f"{sum((counts or {}).values())} cells carried, not run here ("
-                + ", ".join(parts) + "): they depend on no axis in which it differs from "
-                "their source" if counts else "")
-        assumed = []
-        for source_id in sorted(counts or {}):
+        name = names[env["id"]]
+        parts = []
+        for source_id, rows_ in sorted(sources.get(env["id"], {}).items()):
             source = by_id.get(source_id, {})
+            there = names.get(source_id, source_id)
+            text = (f"{len(rows_)} cells carried from {there}, not run here: none depends "
+                    f"on an axis in which {name} differs from {there}")
             apart = _apart(source, env)
             if apart:
-                assumed.append(f"from {names.get(source_id, source_id)} across "
-                               + "; ".join(apart))
-        if assumed:
-            text += (". Carrying assumed that these differences move no cell: "
-                     + "; ".join(assumed) + " (carry = \"strict\" in matrix.toml runs such "
-                     "cells instead)")
-        if missing:
-            text += ("; " if text else "") + (f"{missing} carried cell(s) are missing: their "
-                                               f"source's results were not merged")
-        policy = env.get("carry_policy")
-        notes.append((names[env["id"]], text + (f" [policy {policy}]" if policy else "")
-                      + "."))
+                text += (" but its services differ (" + "; ".join(apart) + "): carrying "
+                         "assumed that moves no cell; carry = \"strict\" in matrix.toml runs "
+                         "them here instead")
+            old_pg, new_pg = axis_values(source).get("psycopg"), axis_values(env).get("psycopg")
+            if old_pg != new_pg and any(r["driver"] == "asyncpg" for r in rows_):
+                text += (f"; its asyncpg cells assume that the harness's own psycopg "
+                         f"connections (each variant's database, inspect_sql) read the same "
+                         f"under psycopg {old_pg} and {new_pg}")
+            parts.append(text)
+        if env.get("carried_missing"):
+            parts.append(f"{env['carried_missing']} carried cell(s) missing: the results of "
+                         f"the environment they came from were not merged")
+        if parts:
+            policy = env.get("carry_policy")
+            notes.append((name, "; ".join(parts) + (f" [carry policy: {policy}]." if policy
+                                                    else ".")))
     return notes
 
 
