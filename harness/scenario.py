@@ -18,6 +18,16 @@ A scenario module reads like a spec::
             Variant("nullpool", Role.ARTICLE_FIX, {"pool": "null"}, expect=clean()),
         ),
     )
+
+An expectation that moves with a version is a :class:`Rule`, and a variant that
+cannot run on some versions has a :class:`Requirement`; both are data whose
+conditions read as text, so ``harness rules`` can list every branch with the
+recorded runs that observed it::
+
+    expect=before_package("asyncpg", "0.31", reproduces("prepared-statement-exists"),
+                          clean(), why="asyncpg < 0.31 names its statements")
+    expect=when(PYTHON >= "3.14", reproduces("no-current-event-loop"), clean(), why=...)
+    requires=needs(package("celery") >= "5.7", "task_retry_on_worker_lost needs Celery >= 5.7")
 """
 
 from __future__ import annotations
