@@ -369,3 +369,31 @@ def test_matrix_plan_prints_cells_run_and_carried(capsys) -> None:
     assert len(runs) == len(axes.plan(MATRIX))
     assert runs[0].endswith("carries 0")
     assert "carried" in out.splitlines()[-1] and "carry policy axes" in out
+
+
+def test_an_environment_that_carries_every_cell_is_merged_without_running(tmp_path: Path
+                                                                           ) -> None:
+    from harness import results as results_file
+    from harness.matrix.command import all_carried
+    from harness.matrix.environments import BuiltEnv
+    from harness.matrix.pgbouncer_axis import PgBouncerSource
+
+    first = document("20261130-1", "1.18.0", "15.18", [row("direct")])
+    source = results_file.write(first, tmp_path / "runs" / E1)
+    (source.parent / "matrix-env.json").write_text(json.dumps(
+        {"slot": "baseline", "axes": {"pgbouncer": "1.18"}}))
+    versions = {"python": "3.13", "sqlalchemy": "2.1.9", "celery": "5.7.0",
+                "asyncpg": "0.30.0", "psycopg": "3.3.9", "pgbouncer": "1.18"}
+    built = BuiltEnv(axes.Combination(versions, "asyncpg"), tmp_path / "venv", True, 0.0,
+                     installed={"sqlalchemy": "2.1.9", "celery": "5.7.0", "asyncpg": "0.30.0",
+                                "psycopg": "3.3.9"})
+    entries = carry.sidecar_entries({("direct", "v", "psycopg"): E1})
+    path = all_carried(built, PgBouncerSource("1.18", "local", "1.18.0"), "3.13.0",
+                       tmp_path / "runs", {"carried": entries, "carry_policy": "axes"})
+    m = merge.merge_paths([tmp_path / "runs"])
+    here = built.combo.id
+    assert [e["id"] for e in m["environments"]] == [E1, here]
+    assert m["environments"][1]["carried"] == 1 and path.exists()
+    assert [(r["env"], r.get("carried_from")) for r in m["results"]] == [(E1, None),
+                                                                       (here, E1)]
+    assert "not recorded here" in dict(table.env_notes(m))["E2"]

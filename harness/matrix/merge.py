@@ -23,7 +23,8 @@ A CARRIED cell (:mod:`harness.matrix.carry`) was not run in its environment: it 
 result row of the environment named by its ``carried_from`` (an environment id), which
 ran it, and ``env`` is the environment it stands in for. It counts for the verdicts
 like any cell; the renderers and diffs say where it came from. The environment block
-then has ``carried`` (how many cells, and the policy). A run's sidecar lists the
+then has ``carried`` (how many of its cells are carried) and ``carry_policy``, and
+``carried_missing`` when the source of some was not merged. A run's sidecar lists the
 cells it carried (``carried``: scenario, variant, driver, from); the merge copies their
 rows from the source's results, so shards merged together keep them, and a fresh
 result of the same cell (a later run of that environment) wins over a carried one.
@@ -170,10 +171,12 @@ def _add_carried(envs: Mapping[str, dict[str, Any]],
         source = cells.get((entry["from"], *key))
         if (eid, *key) in cells and not cells[(eid, *key)].get("carried_from"):
             continue  # observed here after all: the observation wins
-        if source is None or source.get("carried_from"):
+        if source is None:
             envs[eid]["carried_missing"] = envs[eid].get("carried_missing", 0) + 1
             continue
-        cells[(eid, *key)] = {**source, "env": eid, "carried_from": entry["from"]}
+        # A source that carried the cell itself names the environment that observed it.
+        cells[(eid, *key)] = {**source, "env": eid,
+                              "carried_from": source.get("carried_from") or entry["from"]}
     for eid, env in envs.items():
         carried = sum(1 for (e, *_), row in cells.items() if e == eid and row.get("carried_from"))
         if carried:
@@ -199,8 +202,7 @@ def _unpack(matrix: Mapping[str, Any], source: str
     out = []
     for env in matrix["environments"]:
         environment = {k: v for k, v in env.items()
-                       if k not in ("id", "slot", "run_id", "source", "carried",
-                                    "carried_missing")}
+                       if k not in ("id", "slot", "run_id", "source", "carried")}
         rows = [{k: v for k, v in r.items() if k != "env"}
                 for r in matrix["results"] if r["env"] == env["id"]]
         out.append(({"schema": matrix["schema"], "run_id": env.get("run_id", ""),
