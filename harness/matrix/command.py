@@ -331,8 +331,13 @@ def run_matrix(opts: MatrixOptions) -> int:
             progress.runs[combo.id] = len(cells) - len(carried)
         if carried:
             sources_named = sorted(set(carried.values()))
+            elsewhere = sorted({e.place for e in earlier if e.id in sources_named
+                                and e.place != here.place})
             progress.say(f"{combo.id}: runs {len(cells) - len(carried)} cells, carries "
-                         f"{len(carried)} from {', '.join(sources_named)}")
+                         f"{len(carried)} from {', '.join(sources_named)}"
+                         + (f" (observed on {'; '.join(elsewhere)}, not on {here.place}: "
+                            f"carrying assumes that moves no cell; carry = \"strict\" runs "
+                            f"them here)" if elsewhere else ""))
             pytest_args += ["--skip-cells", str(carry.write_skip(
                 out / "logs" / f"{combo.id}.carried.json", carried))]
         if cells and len(carried) == len(cells):
