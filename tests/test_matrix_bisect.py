@@ -241,17 +241,19 @@ def test_evidence_shows_both_sides_and_whether_the_rule_moves_there_too() -> Non
     assert ("celery 5.6.2      (last old) REPRODUCED {body-never-ran}: ok 0/8, not_run 8; "
             "signatures: body-never-ran 8; expected REPRODUCED (body-never-ran)") in text
     assert "(first new) REPRODUCED {coroutine-result-unencodable}: ok 0/8, other 8" in text
-    assert "its rule's boundary is right (celery 5.6.3)" in text
+    assert "both sides are as expected: its rule's boundary is right (celery 5.6.3)" in text
     assert "changes again later" in text and "bisect celery 5.6.3 5.7.0" in text
     assert "runs/a/results.json" in text and "runs/b/results.json" in text
 
 
 def test_evidence_says_when_the_scenario_expects_no_change_there() -> None:
     entries = {0: {A: entry("body-never-ran", "body-never-ran")},
-               1: {A: entry("coroutine-result-unencodable", "body-never-ran")}}
+               1: {A: {**entry("coroutine-result-unencodable", "body-never-ran"),
+                       "passed": False}}}
     text = "\n".join(bisect.evidence("celery", bisect.Boundary([A], 0, 1), ["5.5.0", "5.5.1"],
                                      entries, {}))
-    assert "the scenario expects the same on both sides" in text
+    assert ("the scenario expects the same on both sides: its rules put no boundary at celery "
+            "5.5.1 (celery 5.5.1 is not its expectation)") in text
 
 
 def test_a_release_left_out_between_the_two_sides_is_named() -> None:

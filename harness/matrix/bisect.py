@@ -486,14 +486,20 @@ def evidence(axis: str, boundary: Boundary, releases: Sequence[str],
                          f"expected {_expected(entry)}")
         if before and after:
             moved = _expected(before) != _expected(after)
-            if moved and boundary.exact:
-                lines.append(f"    the scenario's expectation moves here too: its rule's "
-                             f"boundary is right ({axis} {releases[hi]})")
+            off = [f"{axis} {releases[i]}" for i, e in ((lo, before), (hi, after))
+                   if e.get("passed") is False]
+            if moved and boundary.exact and not off:
+                lines.append(f"    the scenario's expectation moves at the same release and "
+                             f"both sides are as expected: its rule's boundary is right "
+                             f"({axis} {releases[hi]})")
             elif moved:
-                lines.append("    the scenario's expectation moves somewhere in this range too")
+                lines.append("    the scenario's expectation moves " + (
+                    "here too" if boundary.exact else "somewhere in this range too")
+                    + (f", but {' and '.join(off)} is not its expectation" if off else ""))
             else:
-                lines.append(f"    the scenario expects the same on both sides: no rule of it "
-                             f"has a boundary at {axis} {releases[hi]}")
+                lines.append(f"    the scenario expects the same on both sides: its rules put no "
+                             f"boundary at {axis} {releases[hi]}"
+                             + (f" ({' and '.join(off)} is not its expectation)" if off else ""))
         if new_index is not None and hi != new_index and after is not None:
             last = entries.get(new_index, {}).get(key)
             if last is not None and cell_state(last) != cell_state(after):
