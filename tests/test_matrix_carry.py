@@ -316,7 +316,7 @@ def test_a_carried_cell_is_the_sources_row_with_carried_from_and_counts_for_verd
     here = [r for r in m["results"] if r["env"] == E2]
     assert {r["scenario"]: r.get("carried_from") for r in here} == {"direct": E1,
                                                                     "bouncer": None}
-    assert m["environments"][1]["carried"] == 1
+    assert m["environments"][1]["carried_cells"] == 1
     assert "carried_from" not in next(r for r in m["results"] if r["env"] == E1)
     # A fresh result of the same cell wins over the carried one.
     fresh = document("20261130-3", "1.24.1", "15.20", [row("direct", "OTHER_FAILURE", False)])
@@ -393,7 +393,7 @@ def test_an_environment_that_carries_every_cell_is_merged_without_running(tmp_pa
     m = merge.merge_paths([tmp_path / "runs"])
     here = built.combo.id
     assert [e["id"] for e in m["environments"]] == [E1, here]
-    assert m["environments"][1]["carried"] == 1 and path.exists()
+    assert m["environments"][1]["carried_cells"] == 1 and path.exists()
     assert [(r["env"], r.get("carried_from")) for r in m["results"]] == [(E1, None),
                                                                        (here, E1)]
     assert "not recorded here" in dict(table.env_notes(m))["E2"]

@@ -23,7 +23,7 @@ A CARRIED cell (:mod:`harness.matrix.carry`) was not run in its environment: it 
 result row of the environment named by its ``carried_from`` (an environment id), which
 ran it, and ``env`` is the environment it stands in for. It counts for the verdicts
 like any cell; the renderers and diffs say where it came from. The environment block
-then has ``carried`` (how many of its cells are carried) and ``carry_policy``, and
+then has ``carried_cells`` (how many of its cells are carried) and ``carry_policy``, and
 ``carried_missing`` when the source of some was not merged. A run's sidecar lists the
 cells it carried (``carried``: scenario, variant, driver, from); the merge copies their
 rows from the source's results, so shards merged together keep them, and a fresh
@@ -180,7 +180,7 @@ def _add_carried(envs: Mapping[str, dict[str, Any]],
     for eid, env in envs.items():
         carried = sum(1 for (e, *_), row in cells.items() if e == eid and row.get("carried_from"))
         if carried:
-            env["carried"] = carried
+            env["carried_cells"] = carried
 
 
 def _sidecar_extras(sidecar: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def _unpack(matrix: Mapping[str, Any], source: str
     out = []
     for env in matrix["environments"]:
         environment = {k: v for k, v in env.items()
-                       if k not in ("id", "slot", "run_id", "source", "carried")}
+                       if k not in ("id", "slot", "run_id", "source", "carried_cells")}
         rows = [{k: v for k, v in r.items() if k != "env"}
                 for r in matrix["results"] if r["env"] == env["id"]]
         out.append(({"schema": matrix["schema"], "run_id": env.get("run_id", ""),
