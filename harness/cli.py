@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 from harness.audit import command as audit_command
-from harness import environment
+from harness import environment, rules
 from harness.bootstrap import default_workers
 from harness.errors import HarnessError
-from harness.matrix import command
+from harness.matrix import bisect, command
 from harness.matrix.axes import AXES
 from harness.services.base import POSTGRES_BIN_DIRS, SERVICE_USER
 
@@ -214,6 +214,8 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", type=Path, default=argparse.SUPPRESS)
     merge.add_argument("--baseline", type=Path, metavar="FILE", default=argparse.SUPPRESS)
     audit_command.add_parser(sub)
+    rules.add_parser(sub)
+    bisect.add_parser(sub)
     bench = sub.add_parser(
         "bench", help="measure: fixes (the price of each working fix), overhead, suite, "
         "repeat N (determinism), envs (a matrix environment's build and smoke check, cold "
@@ -263,6 +265,10 @@ def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
     root = project_root()
     if args.command == "bench":
         return run_bench(root, args.name, args.bench_args + pytest_extra)
+    if args.command == "rules":
+        return rules.rules_command(root, args)
+    if args.command == "bisect":
+        return bisect.bisect_command(root, args, pytest_extra)
     axes = {axis: getattr(args, axis, None) for axis in AXES}
     if args.command == "report":
         if str(args.paths[0]) == "diff":
