@@ -1,6 +1,15 @@
 """What the two PgBouncer scenarios share: their workload, stacks and expectation rules."""
 
-from harness.scenario import Expected, Rule, StackSpec, Workload, needs_pgbouncer, until_pgbouncer
+from harness.scenario import (
+    Expected,
+    Rule,
+    StackSpec,
+    Workload,
+    needs,
+    needs_pgbouncer,
+    package,
+    until_pgbouncer,
+)
 
 # 24 calls over 4 processes: every process, even one that starts late, gets calls,
 # so more processes connect than PgBouncer has server connections, and processes run
@@ -16,6 +25,20 @@ THROUGH_PGBOUNCER = StackSpec(pgbouncer=True, pgbouncer_pool_size=2)
 PGBOUNCER_TRACKING = StackSpec(pgbouncer=True, pgbouncer_pool_size=2,
                                max_prepared_statements=100)
 NEEDS_TRACKING = needs_pgbouncer("1.21", "max_prepared_statements")
+
+# For the asyncpg cells of the scenarios that are about something else behind PgBouncer
+# (its limits, session state, a connection storm): n/a on asyncpg < 0.31, which names
+# its statements whatever statement_cache_size says (see pgbouncer-prepared-asyncpg),
+# so there the calls fail on prepared statements before they can show anything else.
+# Observed on asyncpg 0.30.0 behind PgBouncer 1.18 (default matrix, 2026-11-30):
+# pgbouncer-session-state's SET LOCAL, advisory-xact-lock and ALTER DATABASE cells
+# failed on 'prepared statement "__asyncpg_stmt_1__" already exists'; retry-storm's
+# PgBouncer cell failed that way in one run and was clean in the next.
+POOLER_SAFE_ASYNCPG = needs(
+    package("asyncpg") >= "0.31",
+    "asyncpg < 0.31 names every prepared statement even with statement_cache_size=0, so "
+    "behind PgBouncer's transaction pooling the calls fail on 'prepared statement ... "
+    "already exists' first (see pgbouncer-prepared-asyncpg)", drivers=("asyncpg",))
 
 
 def before_tracking_default(failing: Expected) -> Rule:

@@ -141,11 +141,10 @@ from harness.scenario import (
     Variant,
     Workload,
     clean,
-    needs,
-    package,
     reproduces,
 )
 from harness.signatures import Signature
+from scenarios.pgbouncer_rules import POOLER_SAFE_ASYNCPG
 
 QUERY_WAIT_TIMEOUT_S = "2"
 WAIT_BRIEFLY = (("query_wait_timeout", QUERY_WAIT_TIMEOUT_S),)
@@ -179,13 +178,6 @@ DATABASE_REMOVED = Signature(
                 "'database removed', reached the driver as a ProtocolViolation (08P01).")
 
 
-# n/a on asyncpg < 0.31, which names its statements whatever statement_cache_size says
-# (see pgbouncer-prepared-asyncpg).
-POOLER_SAFE_ASYNCPG = needs(
-    package("asyncpg") >= "0.31",
-    "asyncpg < 0.31 names every prepared statement even with statement_cache_size=0, so "
-    "behind PgBouncer's transaction pooling the calls fail on 'prepared statement ... "
-    "already exists' first (see pgbouncer-prepared-asyncpg)", drivers=("asyncpg",))
 
 WAITED_TOO_LONG = reproduces(
     "pgbouncer-query-wait-timeout",
