@@ -143,6 +143,10 @@ class Observation:
     branch: RuleBranch
     seen: list[dict] = field(default_factory=list)
     contradicted: list[dict] = field(default_factory=list)
+    # An n/a branch (a requires= check) whose cell ran and had an outcome: a run made
+    # before the check existed, whose outcome is why it exists. Neither an observation
+    # of the n/a nor a contradiction of it.
+    ran_before: list[dict] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -186,7 +190,10 @@ def observe(all_scenarios: list[Scenario], cells: list[Cell]) -> list[Observatio
         else:
             evidence["outcome"] = cell.outcome + (
                 f" ({' or '.join(cell.signatures)})" if cell.signatures else "")
-            obs.contradicted.append(evidence)
+            if obs.branch.expected.outcome is Outcome.NOT_APPLICABLE:
+                obs.ran_before.append(evidence)
+            else:
+                obs.contradicted.append(evidence)
     return [o for group in found.values() for o in group]
 
 
@@ -234,6 +241,9 @@ def listing(observations: list[Observation], *, only_unobserved: bool = False,
             lines.append(f"{'':16}contradicted in {_evidence_text(obs.contradicted)}")
         if obs.seen:
             lines.append(f"{'':16}observed in {_evidence_text(obs.seen)}")
+        if obs.ran_before:
+            lines.append(f"{'':16}ran before this requirement in "
+                         f"{_evidence_text(obs.ran_before)}")
     return lines
 
 
@@ -256,7 +266,8 @@ def record(observations: list[Observation], files: list[str]) -> dict:
             {"id": o.branch.id, "fingerprint": o.branch.fingerprint,
              "condition": o.branch.condition, "expect": o.branch.expected.describe(),
              "why": o.branch.why, "source": o.branch.source, "state": o.state,
-             "observed": o.seen, "contradicted": o.contradicted}
+             "observed": o.seen, "contradicted": o.contradicted,
+             "ran_before": o.ran_before}
             for o in sorted(observations, key=lambda o: o.branch.id)],
     }
 
@@ -302,7 +313,7 @@ def record_out_of_date(recorded: dict, root: Path) -> list[str]:
         return [f"the record was made from {made_from}; docs/matrix/ now holds {files}"]
     fresh = record(observe(catalogue(root), load_cells(paths, root)), files)["branches"]
     old = {b["id"]: b for b in recorded.get("branches", [])}
-    keys = ("state", "observed", "contradicted")
+    keys = ("state", "observed", "contradicted", "ran_before")
     return [f"{b['id']}: recorded {old[b['id']]['state']}, the runs show {b['state']}"
             + ("" if old[b["id"]]["state"] != b["state"] else " (other evidence)")
             for b in fresh if b["id"] in old

@@ -223,6 +223,7 @@ MATRIX = {
         _row("needs", "asyncpg", "old", "N/A"),                # observes PgBouncer < 1.21
         _row("needs", "psycopg", "old", "HARNESS_ERROR"),      # no evidence either way
         _row("asyncpg-only", "asyncpg", "new", "REPRODUCED", "x"),  # contradicts: runs CLEAN
+        _row("asyncpg-only", "asyncpg", "old", "OTHER_FAILURE"),  # ran before its requirement
     ],
 }
 
@@ -246,6 +247,13 @@ def test_a_branch_is_observed_where_it_is_chosen_and_the_outcome_agrees(tmp_path
     assert found["asyncpg-only/asyncpg: asyncpg >= 0.31"].contradicted[0]["outcome"] == \
         "REPRODUCED (x)"
     assert found["nested/asyncpg: asyncpg < 0.31, PgBouncer >= 1.24"].state == "unobserved"
+    # A cell that ran where a requirement now says n/a is why the requirement exists:
+    # neither an observation of the n/a nor a contradiction of it.
+    before = found["asyncpg-only/asyncpg: asyncpg < 0.31"]
+    assert before.state == "unobserved" and not before.contradicted
+    assert before.ran_before[0]["outcome"] == "OTHER_FAILURE"
+    assert "ran before this requirement in 1 environment of matrix.json" in "\n".join(
+        rules.listing([before]))
 
 
 def test_a_results_json_counts_as_one_environment_and_needs_its_packages(tmp_path):
