@@ -153,6 +153,7 @@ def _refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         unused += [flag for dest, flag in (("out", "--out"), ("baseline", "--baseline"))
                    if getattr(args, dest, None) != matrix.get_default(dest)]
     else:
+        unused += ["--carry/--no-carry"] * (args.carry is not None)
         unused += [f"--{axis}" for axis in AXES if getattr(args, axis, None)]
         unused += ["--matrix-file"] * bool(args.matrix_file) + ["--full"] * bool(args.full)
         unused += ["--pairwise"] * bool(args.pairwise)
@@ -196,6 +197,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="run 'harness audit' of PROJECT (default: here; its "
                              "pyproject.toml's [tool.harness.audit]) in every environment "
                              "instead of the scenarios")
+    matrix.add_argument("--carry", choices=("axes", "strict", "off"), default=None,
+                        help="which cells an environment takes from another that ran them "
+                             "instead of running them: 'axes' (cells that depend on no axis "
+                             "in which the two differ; the default), 'strict' (also only on "
+                             "the same backend and host) or 'off'; default: matrix.toml's "
+                             "carry, else axes")
+    matrix.add_argument("--no-carry", dest="carry", action="store_const", const="off",
+                        help="run every cell in every environment (= --carry off)")
     matrix.add_argument("--env-timeout", type=float, default=3600.0, metavar="SECONDS",
                         help="bound on one environment's scenario run (default: 3600)")
     actions = matrix.add_subparsers(dest="action")
@@ -206,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     plan = actions.add_parser("plan", parents=[_axis_parent(suppress=True)],
                               help="print the environments")
     plan.add_argument("--format", choices=("text", "github"), default="text")
+    # No default here: --carry may stand before 'plan' too (see parse()).
+    plan.add_argument("--carry", choices=("axes", "strict", "off"), default=argparse.SUPPRESS)
+    plan.add_argument("--no-carry", dest="carry", action="store_const", const="off",
+                      default=argparse.SUPPRESS)
     plan.add_argument("--check", action="store_true",
                       help="resolve and check every version on the package index first")
     merge = actions.add_parser("merge", help="merge results.json files or folders")
@@ -281,7 +294,7 @@ def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
         return command.report_command(args.paths[0], args.out)
     if args.action == "plan":
         return command.plan_command(root, args.matrix_file, axes, args.full, args.format,
-                                    args.check, args.pairwise)
+                                    args.check, args.pairwise, args.carry)
     if args.action == "merge":
         return command.merge_command(args.paths, args.out, args.baseline)
     pytest_args = (["-k", args.keyword] if args.keyword else []) + pytest_extra
@@ -298,7 +311,7 @@ def _run(args: argparse.Namespace, pytest_extra: list[str]) -> int:
         pairwise=args.pairwise,
         only=args.only, out=args.out, cache_dir=args.cache_dir, workers=args.workers,
         pytest_args=pytest_args, baseline=args.baseline, env_timeout_s=args.env_timeout,
-        resolve=args.resolve, audit=audit))
+        resolve=args.resolve, audit=audit, carry=args.carry))
 
 
 ACTIONS = ("plan", "merge")

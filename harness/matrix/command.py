@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -406,9 +406,12 @@ def audit_target(config: AuditConfig) -> tuple[tuple[str, ...], dict[str, str]]:
 
 def plan_command(project_root: Path, matrix_file: Path | None,
                  options: Mapping[str, Sequence[str] | None], full: bool, fmt: str,
-                 check: bool, pairwise_plan: bool = False) -> int:
+                 check: bool, pairwise_plan: bool = False, carry_policy: str | None = None
+                 ) -> int:
     """``harness matrix plan``: the environments, as text or a GitHub Actions include list."""
     spec = load_spec(project_root, matrix_file, options, full, pairwise_plan)
+    if carry_policy is not None:
+        spec = replace(spec, carry=carry_policy)
     # CI's plan job checks versions once, before any runner starts; a pairwise plan
     # always does: which pairs can be installed is a fact of the exact versions.
     if check or spec.mode == axes.PAIRWISE:
