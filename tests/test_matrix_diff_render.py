@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from harness.matrix import diff, merge, render_html, render_md, table
 from tests.test_matrix_merge import old_matrix, results_doc, two_envs
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MOVED_KEY = ("loop-bound-pool", "default-pool", "psycopg")
 
@@ -176,3 +180,13 @@ def test_html_shows_what_a_variant_stands_for_its_knobs_and_its_signatures_meani
     assert 'title="The engine is made at &lt;import&gt;."' in page
     assert "knobs in force: pool=&quot;null&quot;, loop=&quot;per-task&quot;" in page
     assert "<b>future-other-loop</b>: A Future bound to another loop." in page
+
+
+def test_the_legend_names_rule_branches_no_run_observed(tmp_path, monkeypatch):
+    # One environment on Celery 5.7: the branches of the Celery rules below 5.7 are not
+    # in it. Rendered from a folder with no observation record, only this matrix counts.
+    matrix = json.loads((ROOT / "docs/matrix/runs/python-3.14.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    text = render_md.render(matrix)
+    assert ("Rule branches no run observed, async-def-task: async-def-ignore-result where "
+            "celery < 5.6.3: REPRODUCED (body-never-ran)") in text

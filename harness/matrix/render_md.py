@@ -7,8 +7,13 @@ and a table with one row per variant x driver and one column per environment.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from harness.errors import ConfigError
 
 from harness.matrix import table
 from harness.matrix.merge import DEPENDS
@@ -40,7 +45,32 @@ def _legend(matrix: Mapping[str, Any]) -> list[str]:
     lines += ["", "Resolution: 'dated D' installed every package an environment does not pin "
               "as it could be installed on D (its newest pinned release, plus a day); "
               "'latest' is today's resolution."]
+    unobserved = _unobserved_rule_branches(matrix)
+    if unobserved:
+        lines.append("")
+        lines += [f"- {_esc(text)}" for text in unobserved]
     return lines
+
+
+def _unobserved_rule_branches(matrix: Mapping[str, Any]) -> list[str]:
+    """The version-rule branches of this matrix's scenarios that neither this matrix nor a
+    recorded run (docs/matrix/rule-observations.json of the checkout here) observed:
+    an expectation no run has shown, which a reader should weigh as such."""
+    from harness import rules  # late: it imports every scenario module
+
+    here = Path.cwd().resolve()
+    root = next((d for d in (here, *here.parents)
+                 if (d / "scenarios").is_dir() and (d / "pyproject.toml").is_file()), here)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    record = root / "docs/matrix/rule-observations.json"
+    try:
+        recorded = json.loads(record.read_text()) if record.is_file() else None
+        return rules.legend_lines(dict(matrix), recorded)
+    except (ImportError, ConfigError, ValueError, KeyError) as exc:
+        # Rendered away from a checkout (harness report elsewhere): the scenarios are
+        # not importable, so their rules cannot be listed.
+        return [f"Rule branches not checked: {exc}"]
 
 
 def _verdict_lines(verdict: Mapping[str, Any], names: dict[str, str]) -> list[str]:
