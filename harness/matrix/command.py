@@ -220,20 +220,30 @@ def smoke_failed(combo: axes.Combination, env: environments.BuiltEnv, python: st
     text = smokes.paragraph(combo.id, smoke, env.installed, pins,
                             env.resolution.describe(),
                             latest=env.resolution.mode == resolutions.LATEST)
+    path = _without_cells(combo, env, pgbouncer, python, runs,
+                          {"smoke": {**smoke.to_dict(), "report": text}})
+    return text, path
+
+
+def _without_cells(combo: axes.Combination, env: environments.BuiltEnv,
+                   services: pgbouncer_axis.PgBouncerSource, python: str, runs: Path,
+                   facts: Mapping[str, Any]) -> Path:
+    """A results.json of ``combo`` (in ``env``) with no results, and its sidecar with
+    ``facts`` (why it has none), for the merge; its path."""
     installed = env.installed
     document = {"schema": results_file.SCHEMA, "run_id": results_file.new_run_id(),
                 "environment": {
                     "python": python,
                     "packages": {n: installed[n] for n in environment.PACKAGES if n in installed},
-                    "services": {"backend": pgbouncer.backend}},
+                    "services": {"backend": services.backend}},
                 "results": []}
     path = results_file.write(document, runs / combo.id)
     (path.parent / SIDECAR).write_text(json.dumps(
         {"id": combo.id, "slot": combo.slot, "axes": dict(combo.versions),
-         "env_path": str(env.path), "backend": pgbouncer.backend,
-         "pgbouncer_image": pgbouncer.image, "pytest_exit": None, "pytest_args": [],
-         **env.facts(), "smoke": {**smoke.to_dict(), "report": text}}, indent=1) + "\n")
-    return text, path
+         "env_path": str(env.path), "backend": services.backend,
+         "pgbouncer_image": services.image, "pytest_exit": None, "pytest_args": [],
+         **env.facts(), **facts}, indent=1) + "\n")
+    return path
 
 
 @containers.removing_containers
@@ -380,21 +390,7 @@ def all_carried(env: environments.BuiltEnv, services: pgbouncer_axis.PgBouncerSo
                 python: str, runs: Path, facts: Mapping[str, Any]) -> Path:
     """An environment that carries every selected cell runs no pytest: a results.json
     with no results of its own, and a sidecar listing what it carried, for the merge."""
-    combo = env.combo
-    installed = env.installed
-    document = {"schema": results_file.SCHEMA, "run_id": results_file.new_run_id(),
-                "environment": {
-                    "python": python,
-                    "packages": {n: installed[n] for n in environment.PACKAGES if n in installed},
-                    "services": {"backend": services.backend}},
-                "results": []}
-    path = results_file.write(document, runs / combo.id)
-    (path.parent / SIDECAR).write_text(json.dumps(
-        {"id": combo.id, "slot": combo.slot, "axes": dict(combo.versions),
-         "env_path": str(env.path), "backend": services.backend,
-         "pgbouncer_image": services.image, "pytest_exit": None, "pytest_args": [],
-         **env.facts(), **facts}, indent=1) + "\n")
-    return path
+    return _without_cells(env.combo, env, services, python, runs, facts)
 
 
 def audit_target(config: AuditConfig) -> tuple[tuple[str, ...], dict[str, str]]:
