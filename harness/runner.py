@@ -139,23 +139,27 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
             for statement in scenario.setup_sql:
                 stack.postgres.execute(statement, dbname)
             proxy = fault_layer.enter_context(stack.fault_proxy()) if spec.proxy else None
+            broker_proxy = (fault_layer.enter_context(stack.broker_proxy())
+                            if any(f.needs_broker_proxy for f in workload.faults) else None)
             settings = WorkerSettings.for_variant(
                 scenario=scenario.id, variant=variant.name, driver=driver,
                 database_url=stack.database_url(driver, dbname, via=proxy),
-                broker_url=stack.redis.url(), queue=f"harness.{uuid.uuid4().hex}",
+                broker_url=stack.redis.url(via=broker_proxy),
+                queue=f"harness.{uuid.uuid4().hex}",
                 config=variant.config,
                 start_together=workload.concurrency if workload.start_together else 0,
                 cue_points=FaultInjector.points(workload.faults),
                 cue_passing=FaultInjector.passing_points(workload.faults))
             worker = CeleryWorker(app_module=scenario.app, settings=settings, log_path=log_path,
                                   concurrency=workload.concurrency, project_root=project_root,
-                                  extra_args=workload.worker_args)
+                                  extra_args=workload.worker_args,
+                                  client_url=stack.redis.url())
             with worker:
                 run.worker_start_s = worker.start_s
                 # Read now: a fault may restart Redis, where the app published them.
                 run.knobs = worker.knobs()
                 injector = fault_layer.enter_context(FaultInjector(
-                    workload.faults, Target(stack, dbname, worker.pid, proxy),
+                    workload.faults, Target(stack, dbname, worker.pid, proxy, broker_proxy),
                     redis_client=worker.client.backend.client, queue=settings.queue))
                 began = time.monotonic()
                 calls = worker.run(f"{scenario.app}.{workload.task}",

@@ -71,6 +71,15 @@ class Stack:
             yield proxy
 
     @contextmanager
+    def broker_proxy(self) -> Iterator[Any]:
+        """A fault proxy in front of Redis for the worker's broker and result backend
+        connections (the harness's own go direct), for one variant run; stopped with it."""
+        from harness.faults.proxy import FaultProxy
+
+        with FaultProxy(self.redis.host, self.redis.port, name="proxy-redis") as proxy:
+            yield proxy
+
+    @contextmanager
     def fresh_database(self, label: str) -> Iterator[str]:
         """A new empty database for one run, dropped afterwards."""
         name = f"h_{label[:40].replace('-', '_')}_{uuid.uuid4().hex[:8]}"

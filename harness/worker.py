@@ -53,11 +53,14 @@ class CeleryWorker(StartStop):
         project_root: the folder the worker runs in (``scenarios`` importable from it).
         extra_args: more ``celery worker`` arguments (time limits, for example).
         start_timeout_s: bound on import + pool start + the control round trip.
+        client_url: the Redis URL of the harness's own client (calls, results, counters,
+            cues); the worker's ``settings.broker_url`` by default. Different when the
+            worker's connections go through a fault proxy and the harness's must not.
     """
 
     def __init__(self, *, app_module: str, settings: WorkerSettings, log_path: Path,
                  concurrency: int, project_root: Path, extra_args: Sequence[str] = (),
-                 start_timeout_s: float = 60.0) -> None:
+                 start_timeout_s: float = 60.0, client_url: str | None = None) -> None:
         self.app_module = app_module
         self.settings = settings
         self.log_path = log_path
@@ -72,8 +75,9 @@ class CeleryWorker(StartStop):
         self._log_start = 0
         self.log_size_at_stop: int | None = None
         self.later_sent_at: float | None = None
-        self.client = Celery("harness-client", broker=self.settings.broker_url,
-                             backend=self.settings.broker_url, set_as_current=False)
+        client_url = client_url or self.settings.broker_url
+        self.client = Celery("harness-client", broker=client_url, backend=client_url,
+                             set_as_current=False)
         self.client.conf.update(task_serializer="json", result_serializer="json",
                                 accept_content=["json"], broker_connection_retry=False)
 

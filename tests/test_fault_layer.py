@@ -368,3 +368,62 @@ def test_a_point_is_passing_only_when_every_fault_there_lets_the_task_go_on():
     assert FaultInjector.passing_points([passing]) == ("running",)
     assert FaultInjector.passing_points([passing, holding]) == ()
     assert FaultInjector.points([passing, holding]) == ("running",)
+
+
+def test_a_redis_kept_down_refuses_connections_for_that_long(redis_service):
+    stack = SimpleNamespace(redis=redis_service, backend="local")
+    fire, _ = actions.FIRE_AND_HEAL["restart-redis"]
+    said: list[str] = []
+    began = time.monotonic()
+    firing = threading.Thread(target=lambda: said.append(fire(Target(stack, "", 0,
+                                                                     down_s=1.5))))
+    firing.start()
+    refused = wait_for(lambda: not _answers(redis_service), timeout_s=5)
+    firing.join(timeout=30)
+    took = time.monotonic() - began
+    assert refused, "Redis never stopped answering while it was kept down"
+    assert took >= 1.5, f"the restart took {took:.2f} s, less than the 1.5 s it was kept down"
+    assert said and "kept down 1.5 s" in said[0], said
+    assert redis_service.client().ping()
+
+
+def _answers(redis_service) -> bool:
+    """Whether Redis accepts a TCP connection (redis-py's own client would retry a
+    refused one for seconds, riding out the very outage this looks for)."""
+    import socket
+
+    try:
+        socket.create_connection((redis_service.host, redis_service.port), timeout=1).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
+def test_broker_reset_breaks_the_worker_side_connections_only(redis_service):
+    import redis
+
+    from harness.faults.proxy import FaultProxy
+
+    with FaultProxy(redis_service.host, redis_service.port, name="proxy-redis") as proxy:
+        through = redis.Redis.from_url(redis_service.url(via=proxy), socket_timeout=5)
+        direct = redis_service.client()
+        assert through.ping() and direct.ping()
+        stack = SimpleNamespace(redis=redis_service, backend="local")
+        target = Target(stack, "", 0, broker_proxy=proxy)
+        fire, heal = actions.FIRE_AND_HEAL["broker-reset"]
+        said = fire(target)
+        assert said.startswith("broker proxy: reset (1 connections reset)"), said
+        with pytest.raises(redis.ConnectionError):
+            through.ping()  # redis-py retries once on a new connection: reset as well
+        assert direct.ping()
+        assert heal(target) == "broker proxy: pass through"
+        assert through.ping()
+
+
+def test_a_time_down_is_for_the_redis_restarts_only():
+    assert Fault("restart-redis", at_point("running"), down_s=5).describe().startswith(
+        "restart-redis (down 5 s)")
+    with pytest.raises(ValueError, match="only for restart-redis"):
+        Fault("kill-child", at_point("running"), down_s=5)
+    with pytest.raises(ValueError, match=">= 0"):
+        Fault("restart-redis", at_point("running"), down_s=-1)

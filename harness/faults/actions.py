@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,16 +38,20 @@ class Target:
         dbname: the run's database.
         worker_pid: the Celery worker's main process (its children are the pool).
         proxy: the fault proxy in front of the database, when the stack has one.
+        broker_proxy: the fault proxy between the worker and Redis, when a fault needs it.
         pid: the pool process that announced the cue (None for ``after_calls``).
         latency_ms: for ``proxy-latency``.
+        down_s: for the Redis restarts.
     """
 
     stack: Any
     dbname: str
     worker_pid: int
     proxy: Any | None = None
+    broker_proxy: Any | None = None
     pid: int | None = None
     latency_ms: int = 0
+    down_s: float = 0.0
 
 
 def pool_processes(worker_pid: int) -> list[int]:
@@ -115,7 +120,9 @@ def _restart_redis(t: Target, *, keep_data: bool) -> str:
     # (counting keys would not: the run's own keys come and go meanwhile).
     client.set(RESTART_MARKER, before)
     keys_before = client.dbsize()
-    restart(keep_data=keep_data)
+    began = time.monotonic()
+    restart(keep_data=keep_data, down_s=t.down_s)
+    took = time.monotonic() - began
     client = redis.client()
     after = client.info("server")["run_id"]
     if after == before:
@@ -126,8 +133,9 @@ def _restart_redis(t: Target, *, keep_data: bool) -> str:
                           f"before the restart; this fault expects it "
                           f"{'kept' if keep_data else 'lost'}")
     said = "its data kept" if keep_data else "no data kept"
-    return (f"Redis restarted on port {redis.port}: run_id {after[:12]}, {said} "
-            f"({keys_before} keys in db 0 before)")
+    down = f", kept down {t.down_s:g} s" if t.down_s else ""
+    return (f"Redis restarted on port {redis.port} in {took:.1f} s{down}: run_id "
+            f"{after[:12]}, {said} ({keys_before} keys in db 0 before)")
 
 
 def wait_redis(t: Target) -> str:
@@ -231,6 +239,22 @@ def proxy_reset(t: Target) -> str:
     return f"fault proxy: reset ({proxy.stats()['resets'] - before} connections reset)"
 
 
+def broker_reset(t: Target) -> str:
+    proxy = t.broker_proxy
+    if proxy is None:
+        raise FaultFailed("broker-reset needs the broker proxy, which the runner starts for "
+                          "a workload with a broker-* fault; this run has none")
+    before = proxy.stats()["resets"]
+    proxy.set_mode("reset")
+    return f"broker proxy: reset ({proxy.stats()['resets'] - before} connections reset)"
+
+
+def broker_heal(t: Target) -> str:
+    if t.broker_proxy is not None:
+        t.broker_proxy.heal()
+    return "broker proxy: pass through"
+
+
 def proxy_latency(t: Target) -> str:
     _proxy(t).set_mode("latency", latency_ms=t.latency_ms)
     return f"fault proxy: {t.latency_ms} ms latency each way"
@@ -267,4 +291,5 @@ FIRE_AND_HEAL: dict[str, tuple[Action, Action]] = {
     "proxy-blackhole": (proxy_blackhole, proxy_heal),
     "proxy-reset": (proxy_reset, proxy_heal),
     "proxy-latency": (proxy_latency, proxy_heal),
+    "broker-reset": (broker_reset, broker_heal),
 }

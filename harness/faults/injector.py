@@ -134,7 +134,8 @@ class FaultInjector:
                 if record.fired_at_s is not None or record.error or not wanted(record):
                     continue
                 fire, _ = FIRE_AND_HEAL[record.fault.action]
-                target = replace(self._target, pid=pid, latency_ms=record.fault.latency_ms)
+                target = replace(self._target, pid=pid, latency_ms=record.fault.latency_ms,
+                                 down_s=record.fault.down_s)
                 record.target = target
                 try:
                     record.fired = fire(target)

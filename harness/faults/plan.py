@@ -28,8 +28,8 @@ ACTIONS = {
     "restart-postgres-immediate": "the same with an immediate shutdown (no checkpoint, "
                                   "crash recovery at start); heal: wait until it answers",
     "restart-redis": "stop Redis (the broker and result backend) and start it on the same "
-                     "port; it keeps no data, so queued calls and stored results are gone; "
-                     "heal: wait until it answers",
+                     "port, down_s seconds later (at once by default); it keeps no data, so "
+                     "queued calls and stored results are gone; heal: wait until it answers",
     "restart-redis-persisted": "the same for a Redis that persists: a snapshot is written "
                                "at shutdown (as Debian's redis.conf save points do on "
                                "SIGTERM) and loaded at start, so queued calls survive; heal: "
@@ -47,7 +47,13 @@ ACTIONS = {
     "proxy-reset": "the fault proxy resets every connection (RST both sides); heal: pass "
                    "through again",
     "proxy-latency": "the fault proxy delays every chunk by latency_ms; heal: no delay",
+    "broker-reset": "the broker proxy (between the worker and Redis; the harness's own "
+                    "connections go direct) resets every connection (RST both sides) and "
+                    "every new one until healed; Redis itself keeps running and keeps its "
+                    "data; heal: pass through again",
 }
+# Actions that may keep their service down for a while (Fault.down_s).
+DOWN_FOR_A_WHILE = ("restart-redis", "restart-redis-persisted")
 
 
 @dataclass(frozen=True)
@@ -102,23 +108,34 @@ class Fault:
         heal_after_s: heal this long after firing; None heals at the end of the
             variant (after every call finished or hung, before the database is read).
         latency_ms: for ``proxy-latency``.
+        down_s: for the Redis restarts: how long Redis stays down before it starts
+            again (the fire takes that long; the cue's task goes on meanwhile).
     """
 
     action: str
     cue: Cue
     heal_after_s: float | None = None
     latency_ms: int = 0
+    down_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"fault action {self.action!r} is not known; the fault layer "
                              f"knows: {', '.join(ACTIONS)}")
+        if self.down_s < 0 or (self.down_s and self.action not in DOWN_FOR_A_WHILE):
+            raise ValueError(f"down_s={self.down_s:g} for {self.action!r}: a time a service "
+                             f"stays down is >= 0 and only for {', '.join(DOWN_FOR_A_WHILE)}")
 
     @property
     def needs_proxy(self) -> bool:
         return self.action.startswith("proxy-")
 
+    @property
+    def needs_broker_proxy(self) -> bool:
+        return self.action.startswith("broker-")
+
     def describe(self) -> str:
         heal = ("healed at the end of the variant" if self.heal_after_s is None
                 else f"healed {self.heal_after_s:g} s later")
-        return f"{self.action} {self.cue.describe()}, {heal}"
+        down = f" (down {self.down_s:g} s)" if self.down_s else ""
+        return f"{self.action}{down} {self.cue.describe()}, {heal}"

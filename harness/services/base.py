@@ -13,7 +13,7 @@ import secrets
 import shutil
 import socket
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from harness import scratch
 from harness.errors import MissingBinaryError
@@ -61,7 +61,7 @@ class RedisService(Service, Protocol):
 
     password: str
 
-    def url(self, db: int = 0) -> str: ...
+    def url(self, db: int = 0, via: Any | None = None) -> str: ...
 
 
 def generate_password() -> str:

@@ -195,13 +195,14 @@ class DockerRedis(ContainerService):
         self.version = str(self.client().info("server")["redis_version"])
         self.start_s = time.monotonic() - began
 
-    def restart(self, keep_data: bool = False) -> None:
-        """Restart in the same container on the same port; with no persistence, every
-        queued message and stored result is gone, as after a real Redis restart.
+    def restart(self, keep_data: bool = False, down_s: float = 0.0) -> None:
+        """Restart in the same container on the same port, ``down_s`` seconds after it
+        stopped; with no persistence, every queued message and stored result is gone, as
+        after a real Redis restart.
         ``keep_data``: snapshot first, load it at start, then delete it (see LocalRedis)."""
         if keep_data:
             self.client().save()
-        self._restart_in_place("SIGTERM", lambda: self.client().ping(), "PING")
+        self._restart_in_place("SIGTERM", lambda: self.client().ping(), "PING", down_s=down_s)
         wrapped = self._wrapped()
         if keep_data and wrapped is not None:
             wrapped.exec_run(["rm", "-f", f"/tmp/{SNAPSHOT}"])

@@ -9,6 +9,7 @@ whatever happened. The services themselves are in :mod:`harness.services.docker`
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -110,9 +111,10 @@ class ContainerService(StartStop):
                     raise
 
     def _restart_in_place(self, stop_signal: str, check: Callable[[], object],
-                          what: str) -> None:
+                          what: str, down_s: float = 0.0) -> None:
         """Stop the container's main process with ``stop_signal``, start the same
-        container again (same data, same published port) and wait until ``check`` passes.
+        container again ``down_s`` seconds after it stopped (same data, same published
+        port) and wait until ``check`` passes.
 
         Raises:
             ServiceStartError: it is not running, or came back on another port.
@@ -123,6 +125,7 @@ class ContainerService(StartStop):
                                     f"restart")
         wrapped.kill(signal=stop_signal)
         wrapped.wait(timeout=30)
+        time.sleep(down_s)
         wrapped.start()
         wrapped.reload()
         bindings = (wrapped.attrs["NetworkSettings"]["Ports"] or {}).get(

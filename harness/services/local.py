@@ -91,9 +91,10 @@ class LocalService(StartStop):
         raise PortInUseError(f"{self.label} found no free port on {LOOPBACK} after {attempts} "
                              f"tries; something keeps taking ports there.")
 
-    def _restart(self, stop_signal: int) -> None:
+    def _restart(self, stop_signal: int, down_s: float = 0.0) -> None:
         """End the process with ``stop_signal`` and start it again on the same port and
-        folder (a fault: the data and the address survive, every connection does not).
+        folder (a fault: the data and the address survive, every connection does not),
+        ``down_s`` seconds after it ended.
 
         Raises:
             ServiceStartError: it did not answer again within the start timeout.
@@ -102,6 +103,7 @@ class LocalService(StartStop):
             raise ServiceStartError(f"{self.label} is not running; there is nothing to restart")
         self._proc.stop_signal = stop_signal
         self._proc.stop(grace_s=self.stop_grace_s)
+        time.sleep(down_s)
         self._restarts += 1
         self._proc = self._launch(self._dir, START_ATTEMPTS + self._restarts)
         waited = wait_for(self._answers, timeout_s=self._timeout_s, while_alive=self._proc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -33,8 +34,11 @@ class LocalRedis(LocalService):
         super().__init__(port=port, start_timeout_s=start_timeout_s)
         self.password = generate_password()
 
-    def url(self, db: int = 0) -> str:
-        return f"redis://:{self.password}@{self.host}:{self.port}/{db}"
+    def url(self, db: int = 0, via: Any | None = None) -> str:
+        """The URL of database ``db``; through ``via`` (a fault proxy in front of this
+        Redis) when given."""
+        front = via or self
+        return f"redis://:{self.password}@{front.host}:{front.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, password=self.password, db=db,
@@ -51,9 +55,10 @@ class LocalRedis(LocalService):
         return ManagedProcess([find_binary("redis-server", "redis-server"), str(conf)],
                               folder / f"redis-{attempt}.log", user=service_user())
 
-    def restart(self, keep_data: bool = False) -> None:
-        """Restart on the same port (SIGTERM, then start again); with no persistence,
-        every queued message and stored result is gone, as after a real Redis restart.
+    def restart(self, keep_data: bool = False, down_s: float = 0.0) -> None:
+        """Restart on the same port (SIGTERM, then start again ``down_s`` seconds after
+        it ended); with no persistence, every queued message and stored result is gone,
+        as after a real Redis restart.
 
         ``keep_data``: as a Redis with save points does on SIGTERM, write a snapshot
         first; the new process loads it. The snapshot is then deleted, so a later
@@ -61,7 +66,7 @@ class LocalRedis(LocalService):
         """
         if keep_data:
             self.client().save()
-        self._restart(signal.SIGTERM)
+        self._restart(signal.SIGTERM, down_s)
         if keep_data and self._dir is not None:
             (self._dir / SNAPSHOT).unlink(missing_ok=True)
 
