@@ -18,7 +18,19 @@ import pytest
 from harness import cli
 from harness.errors import ConfigError
 from harness.matrix import bisect
-from harness.matrix.bisect import ABSENT, CellState, search
+from harness.matrix.bisect_report import evidence, rule_predictions, segments, summary
+from harness.matrix.bisect_search import (
+    ABSENT,
+    Boundary,
+    CellState,
+    cell_state,
+    classify,
+    lines_between,
+    python_lines_between,
+    releases_between,
+    search,
+    states_of,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CELERY = ["5.4.0", "5.5.0rc1", "5.5.0", "5.5.1", "5.5.2", "5.5.3", "5.6.0b1", "5.6.0",
@@ -31,44 +43,44 @@ UNENCODABLE = CellState("REPRODUCED", ("coroutine-result-unencodable",))
 
 # --- the release list -------------------------------------------------------------------
 def test_final_releases_between_the_ends_oldest_first() -> None:
-    got = bisect.releases_between("celery", reversed(CELERY), "5.5.0", "5.7.0")
+    got = releases_between("celery", reversed(CELERY), "5.5.0", "5.7.0")
     assert got == ["5.5.0", "5.5.1", "5.5.2", "5.5.3", "5.6.0", "5.6.1", "5.6.2", "5.6.3",
                    "5.7.0"]
 
 
 def test_pre_releases_only_when_asked_and_the_ends_always() -> None:
-    assert "5.6.0b1" in bisect.releases_between("celery", CELERY, "5.5.0", "5.7.0", pre=True)
-    got = bisect.releases_between("celery", CELERY, "5.5.0rc1", "5.5.1")
+    assert "5.6.0b1" in releases_between("celery", CELERY, "5.5.0", "5.7.0", pre=True)
+    got = releases_between("celery", CELERY, "5.5.0rc1", "5.5.1")
     assert got == ["5.5.0rc1", "5.5.0", "5.5.1"]
 
 
 def test_versions_compare_as_versions_not_as_text() -> None:
-    assert bisect.releases_between("celery", CELERY, "5.7.0", "5.10.0") == ["5.7.0", "5.10.0"]
+    assert releases_between("celery", CELERY, "5.7.0", "5.10.0") == ["5.7.0", "5.10.0"]
 
 
 def test_a_version_not_on_the_index_is_refused_with_the_releases_there() -> None:
     with pytest.raises(ConfigError, match=r"celery 5\.5\.9 is not on the package index.*"
                                           r"5\.10\.0, 5\.7\.0"):
-        bisect.releases_between("celery", CELERY, "5.5.9", "5.7.0")
+        releases_between("celery", CELERY, "5.5.9", "5.7.0")
 
 
 @pytest.mark.parametrize("old,new,word", [("5.7.0", "5.5.0", "newer than"),
                                           ("5.7.0", "5.7.0", "the same release as")])
 def test_old_must_be_older_than_new(old: str, new: str, word: str) -> None:
     with pytest.raises(ConfigError, match=f"{word}.*harness bisect celery {new} {old}"):
-        bisect.releases_between("celery", CELERY, old, new)
+        releases_between("celery", CELERY, old, new)
 
 
 def test_python_and_service_lines() -> None:
-    assert bisect.python_lines_between("3.11", "3.14") == ["3.11", "3.12", "3.13", "3.14"]
+    assert python_lines_between("3.11", "3.14") == ["3.11", "3.12", "3.13", "3.14"]
     with pytest.raises(ConfigError, match="not a Python line"):
-        bisect.python_lines_between("3.11.7", "3.13")
+        python_lines_between("3.11.7", "3.13")
     with pytest.raises(ConfigError, match="newer than"):
-        bisect.python_lines_between("3.13", "3.11")
-    got = bisect.lines_between({"1.18", "1.24", "1.26", "1.21"}, "1.18", "1.24", "pgbouncer")
+        python_lines_between("3.13", "3.11")
+    got = lines_between({"1.18", "1.24", "1.26", "1.21"}, "1.18", "1.24", "pgbouncer")
     assert got == ["1.18", "1.21", "1.24"]
     with pytest.raises(ConfigError, match="not a release line"):
-        bisect.lines_between((), "1.18.0", "1.24", "pgbouncer")
+        lines_between((), "1.18.0", "1.24", "pgbouncer")
 
 
 # --- the search -------------------------------------------------------------------------
@@ -180,7 +192,7 @@ def test_no_two_releases_that_run_is_reported_as_such() -> None:
     observe, _ = fake(boundary={A: 1}, failing={0, 1, 2})
     result = search(["a", "b", "c"], observe)
     assert result.status == "no-ends"
-    assert "could be run" in bisect.summary("celery", result, {}, {})[0]
+    assert "could be run" in summary("celery", result, {}, {})[0]
 
 
 def test_the_budget_stops_with_the_range_narrowed_so_far() -> None:
@@ -189,7 +201,7 @@ def test_the_budget_stops_with_the_range_narrowed_so_far() -> None:
     assert result.status == "budget" and len(calls) == 3
     (b,) = result.boundaries
     assert b.last_old == 8 and b.first_new == 16 and b.untried == list(range(9, 16))
-    text = "\n".join(bisect.summary("celery", result, {}, {}))
+    text = "\n".join(summary("celery", result, {}, {}))
     assert "budget ran out" in text and "not yet tried: 9, 10" in text
 
 
@@ -202,19 +214,19 @@ def test_a_change_and_its_reversal_inside_the_range_is_noted() -> None:
 def test_classify_a_release_against_the_ends() -> None:
     old, new = {A: NEVER, B: NEVER}, {A: UNENCODABLE, B: UNENCODABLE}
     moving = [A, B]
-    assert bisect.classify({A: NEVER, B: NEVER}, old, new, moving) == "old"
-    assert bisect.classify({A: UNENCODABLE, B: UNENCODABLE}, old, new, moving) == "new"
-    assert bisect.classify({A: NEVER, B: UNENCODABLE}, old, new, moving) == "split"
-    assert bisect.classify({A: CellState("CLEAN"), B: NEVER}, old, new, moving) == "other"
-    assert bisect.classify(None, old, new, moving) == "failed"
-    assert bisect.classify({A: HARNESS_ERROR, B: NEVER}, old, new, moving) == "unknown"
+    assert classify({A: NEVER, B: NEVER}, old, new, moving) == "old"
+    assert classify({A: UNENCODABLE, B: UNENCODABLE}, old, new, moving) == "new"
+    assert classify({A: NEVER, B: UNENCODABLE}, old, new, moving) == "split"
+    assert classify({A: CellState("CLEAN"), B: NEVER}, old, new, moving) == "other"
+    assert classify(None, old, new, moving) == "failed"
+    assert classify({A: HARNESS_ERROR, B: NEVER}, old, new, moving) == "unknown"
 
 
 def test_the_signature_set_counts_not_the_counts() -> None:
     one = {"outcome": "REPRODUCED", "tasks": {"by_signature": {"b": 1, "a": 7}}}
     two = {"outcome": "REPRODUCED", "tasks": {"by_signature": {"a": 2, "b": 6}}}
-    assert bisect.cell_state(one) == bisect.cell_state(two) == CellState("REPRODUCED", ("a", "b"))
-    assert bisect.cell_state({"outcome": "REPRODUCED", "tasks": {}}) != bisect.cell_state(one)
+    assert cell_state(one) == cell_state(two) == CellState("REPRODUCED", ("a", "b"))
+    assert cell_state({"outcome": "REPRODUCED", "tasks": {}}) != cell_state(one)
     assert ABSENT.describe() == "(not run)"
 
 
@@ -234,7 +246,7 @@ def test_evidence_shows_both_sides_and_whether_the_rule_moves_there_too() -> Non
                1: {A: entry("coroutine-result-unencodable", "coroutine-result-unencodable")},
                2: {A: entry("body-never-ran", "body-never-ran")}}
     paths = {0: "runs/a/results.json", 1: "runs/b/results.json"}
-    lines = bisect.evidence("celery", bisect.Boundary([A], 0, 1), releases, entries, paths,
+    lines = evidence("celery", Boundary([A], 0, 1), releases, entries, paths,
                             new_index=2)
     text = "\n".join(lines)
     assert "async-def-task / async-def-ignore-result / asyncpg" in text
@@ -250,7 +262,7 @@ def test_evidence_says_when_the_scenario_expects_no_change_there() -> None:
     entries = {0: {A: entry("body-never-ran", "body-never-ran")},
                1: {A: {**entry("coroutine-result-unencodable", "body-never-ran"),
                        "passed": False}}}
-    text = "\n".join(bisect.evidence("celery", bisect.Boundary([A], 0, 1), ["5.5.0", "5.5.1"],
+    text = "\n".join(evidence("celery", Boundary([A], 0, 1), ["5.5.0", "5.5.1"],
                                      entries, {}))
     assert ("the scenario expects the same on both sides: its rules put no boundary at celery "
             "5.5.1 (celery 5.5.1 is not its expectation)") in text
@@ -259,7 +271,7 @@ def test_evidence_says_when_the_scenario_expects_no_change_there() -> None:
 def test_a_release_left_out_between_the_two_sides_is_named() -> None:
     observe, _ = fake(boundary={A: 1})
     result = search(["0.29.0", "0.30.0"], observe)
-    text = "\n".join(bisect.summary("asyncpg", result, {}, {},
+    text = "\n".join(summary("asyncpg", result, {}, {},
                                     {"0.29.1": "no build for Python 3.13", "0.31.0": "x"}))
     assert "left out between them: 0.29.1 (no build for Python 3.13)" in text
     assert "0.31.0" not in text
@@ -270,13 +282,13 @@ def test_no_change_prints_both_sides() -> None:
     result = search(["5.5.0", "5.7.0"], observe)
     entries = {0: {A: entry("body-never-ran", "body-never-ran")},
                1: {A: entry("body-never-ran", "body-never-ran")}}
-    text = "\n".join(bisect.summary("celery", result, entries, {0: "x.json", 1: "y.json"}))
+    text = "\n".join(summary("celery", result, entries, {0: "x.json", 1: "y.json"}))
     assert "No boundary in celery 5.5.0..5.7.0" in text
     assert text.count("REPRODUCED {body-never-ran}") == 2 and "y.json" in text
 
 
 def test_segments_say_where_an_expectation_changes() -> None:
-    assert bisect.segments(["A", "A", "B", "A"], ["1", "2", "3", "4"]) == \
+    assert segments(["A", "A", "B", "A"], ["1", "2", "3", "4"]) == \
         "A at 1..2; B at 3; A at 4"
 
 
@@ -286,7 +298,7 @@ def test_the_rules_predict_each_release_without_running_it() -> None:
     key = ("pgbouncer-prepared-asyncpg", "statement-cache-size-0-nullpool", "asyncpg")
     base = {"python": "3.13", "sqlalchemy": "2.1.9", "celery": "5.7.0", "psycopg": "3.3.9",
             "pgbouncer": "1.18"}
-    got = bisect.rule_predictions(ROOT, "asyncpg", ["0.30.0", "0.32.0"],
+    got = rule_predictions(ROOT, "asyncpg", ["0.30.0", "0.32.0"],
                                   lambda v: {**base, "asyncpg": v}, "1.18.0",
                                   [key, ("no-such-scenario", "x", "asyncpg")])
     assert list(got) == [key]
@@ -297,7 +309,7 @@ def test_ends_that_agree_point_at_a_change_the_rules_expect_inside() -> None:
     observe, _ = fake(boundary={A: 99})
     result = search(["5.5.0", "5.6.3", "5.7.0"], observe)
     same = {A: entry("body-never-ran", "body-never-ran")}
-    text = "\n".join(bisect.summary("celery", result, {0: same, 2: same}, {}, predicted={
+    text = "\n".join(summary("celery", result, {0: same, 2: same}, {}, predicted={
         A: ["REPRODUCED (body-never-ran)", "REPRODUCED (coroutine-result-unencodable)",
             "REPRODUCED (body-never-ran)"]}))
     assert "rules expect: REPRODUCED (body-never-ran) at 5.5.0; " in text
@@ -334,7 +346,7 @@ def test_the_command_prints_the_boundary_and_records_every_step(tmp_path: Path, 
         self.entries[i] = {A: entry(sig, sig)}
         self.paths[i] = f"runs/{i}/results.json"
         step.status = "ran" if i != 2 else "build-failed"
-        return None if i == 2 else bisect.states_of(self.entries[i].values())
+        return None if i == 2 else states_of(self.entries[i].values())
 
     monkeypatch.setattr(bisect.Runner, "_run", run)
     args = argparse.Namespace(out=tmp_path, budget=5.0, pre=False, old="5.5.0", new="5.7.0",
