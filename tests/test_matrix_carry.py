@@ -397,3 +397,35 @@ def test_an_environment_that_carries_every_cell_is_merged_without_running(tmp_pa
     assert [(r["env"], r.get("carried_from")) for r in m["results"]] == [(E1, None),
                                                                        (here, E1)]
     assert "not recorded here" in dict(table.env_notes(m))["E2"]
+
+
+def test_plan_strict_counts_where_each_environment_runs(capsys, monkeypatch) -> None:
+    from harness import cli
+    from harness.matrix import command
+
+    combos = axes.plan(MATRIX)
+    pgb = next(c for c in combos if c.slot == "pgbouncer")
+    monkeypatch.setattr(command, "plan_places", lambda cs: (
+        {c.id: "docker" if c.id == pgb.id else "local" for c in cs}, ""))
+    assert cli.main(["matrix", "plan", "--carry", "strict"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().endswith(pgb.id))
+    assert lines[at + 1].strip().endswith("carries 0"), lines[at + 1]
+    assert cli.main(["matrix", "plan", "--carry", "axes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not lines[at + 1].strip().endswith("carries 0"), lines[at + 1]
+
+
+def test_plan_strict_says_when_it_cannot_tell_where_environments_run(capsys, monkeypatch
+                                                                      ) -> None:
+    from harness import cli
+    from harness.errors import ConfigError
+    from harness.matrix import sources
+
+    def no_images(*args, **kwargs):
+        raise ConfigError("pgbouncer 1.24 needs the image harness-pgbouncer:1.24")
+
+    monkeypatch.setattr(sources, "env_services", no_images)
+    assert cli.main(["matrix", "plan", "--carry", "strict"]) == 0
+    out = capsys.readouterr().out
+    assert "assume one backend for all" in out and "harness-pgbouncer:1.24" in out

@@ -422,8 +422,10 @@ def plan_command(project_root: Path, matrix_file: Path | None,
     # One environment carries nothing: only a plan of several says what each runs.
     cells, why_none = (planned_cells(project_root, spec.carry) if len(combos) > 1
                        else ([], ""))
+    places, places_unknown = (plan_places(combos) if cells and spec.carry == carry.STRICT
+                              else ({}, ""))
     counts = {p.id: p for p in carry.simulate([(c.id, c.versions) for c in combos], cells,
-                                              spec.carry)} if cells else {}
+                                              spec.carry, places)} if cells else {}
     names = {c.id: f"E{i}" for i, c in enumerate(combos, start=1)}
     for i, c in enumerate(combos):
         print(f"{c.slot:<12} {c.id}")
@@ -448,9 +450,30 @@ def plan_command(project_root: Path, matrix_file: Path | None,
               f"(cells whose axes differ, by the driver's package and whether the scenario "
               f"goes through PgBouncer; an environment whose other installed packages differ "
               f"once built runs more; carry = \"off\" in matrix.toml runs every cell)")
+        if places_unknown:
+            print(places_unknown)
     elif why_none:
         print(why_none)
     return 0
+
+
+def plan_places(combos: Sequence[axes.Combination]) -> tuple[dict[str, str], str]:
+    """Where each environment would run (backend and images), as ``run_matrix`` decides it
+    from this machine's interpreters, PgBouncer and images, for the strict policy's counts;
+    or none and why the counts assume one place for all."""
+    try:
+        pythons = sources.python_sources(c.versions["python"] for c in combos)
+        pgbouncers = pgbouncer_axis.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
+        services = sources.env_services(combos, pythons, pgbouncers)
+    except ConfigError as exc:
+        return {}, (f"carry policy strict: where each environment runs is not known here "
+                    f"({_first_line(str(exc))}), so these counts assume one backend for all; "
+                    f"an environment on another backend or in a container runs more")
+    return {c.id: services[c.id].describe() for c in combos}, ""
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def planned_cells(project_root: Path, policy: str) -> tuple[list[carry.Cell], str]:
