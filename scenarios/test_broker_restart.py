@@ -37,8 +37,10 @@ What maintainers recommend
     ("Tasks: Idempotence"); ``visibility_timeout`` must be longer than the longest
     task ("Using Redis: Visibility timeout"), or the message is delivered again
     while it runs; ``worker_cancel_long_running_tasks_on_connection_loss`` cancels
-    late-acked calls that run when the connection is lost, since "the message will
-    be redelivered", and becomes the default in Celery 6.0. Redis's own
+    late-acked calls that run when the connection is lost: they "cannot be
+    acknowledged as the connection is gone, and the tasks are automatically
+    redelivered back to the queue" (the worker's warning, Celery 5.7.0); it becomes
+    the default in Celery 6.0. Redis's own
     documentation: persistence (RDB or AOF) is what keeps data across restarts.
 
 What really happens (Celery 5.7.0, kombu 5.7.0, redis-py 8.1.0, Redis 7.0.15, SQLAlchemy
@@ -63,15 +65,41 @@ same outcome words for both drivers)
       visibility timeout of 8 s and a sweep every second: CLEAN, the call runs
       about 8 s later.
     * Redis persists, ``task_acks_late``: CLEAN, no call lost and none run twice.
-    * ``worker_cancel_long_running_tasks_on_connection_loss`` with late acks is not
-      a variant yet: its outcome depends on how long Redis is down. On the local
-      backend (Redis back within 0.3 s) Celery terminated the running call's process
-      ("cannot be acknowledged after a connection loss since late acknowledgement is
-      enabled for it. Terminating it instead") after failing to store its RETRY state
-      in the result backend, the same Redis ("Failed to cancel active request ...
-      Error 111 ... Connection refused"), and the call was abandoned; on the docker
-      backend, where the restart took 2-3 s, the call once ran again and was
-      written once. A fault that keeps Redis down for a set time would pin it down.
+    * ``worker_cancel_long_running_tasks_on_connection_loss`` with late acks, Redis
+      down 5 s and back with no data: REPRODUCED ``call-abandoned`` and
+      ``call-lost``: Celery terminates the running call's process ("cannot be
+      acknowledged after a connection loss since late acknowledgement is enabled for
+      it. Terminating it instead") after failing to store its RETRY state in the
+      result backend, the same Redis ("Failed to cancel active request ... Error
+      111 ... Connection refused"); the call is abandoned, and the seven others are
+      lost with Redis's data, as without the setting. With a Redis that persists the
+      cancelled call's fate was a race: with Redis back within 0.3 s (local) it was
+      abandoned; down 5 s, abandoned on one driver and run again on the other (docker
+      backend), and once run again with a 2-3 s restart. So that configuration is
+      not a variant: no outcome word would hold.
+
+    Redis keeps running with its data and only the worker's connections to it are
+    reset (``broker-reset``: a fault proxy between the worker and Redis resets every
+    connection, and new ones for 1 s; the harness's own connections go direct). The
+    worker logs "Connection to broker lost", fails its first reconnection and
+    consumes again 2 s later (``resume-ms`` 6.2-9.3 s over the runs, as the later calls wait
+    behind the first call):
+
+    * Celery's defaults: REPRODUCED ``call-lost``, 1 call: the prefetched call,
+      dropped by the worker, waits in ``unacked`` for the one-hour visibility
+      timeout, as after a restart of a Redis that persists.
+    * ``task_acks_late``: CLEAN, nothing lost, nothing run twice.
+    * ``task_acks_late`` with ``worker_cancel_long_running_tasks_on_connection_loss``
+      (and the 8 s visibility timeout with a sweep every second): REPRODUCED
+      ``call-abandoned``: the setting whose warning says such tasks "are
+      automatically redelivered back to the queue" terminates the running call, and within the run (22 s past its
+      visibility timeout) the call never ran again. The worker logged "Restoring 1
+      unacknowledged message(s)" as it closed the broken connection, with no failed
+      restore, and "Failed to cancel active request" (the RETRY state could not be
+      stored: the result backend's connection was reset too); where the message
+      went was not inspected. Without the setting the same call finishes and is
+      acknowledged (the row above).
+
     * A visibility timeout (5 s) shorter than a call that writes its row and then
       works 8 s, late acks: REPRODUCED ``duplicate-write``: the call's message comes
       back while it runs and its second run writes the row again (2 calls, 14 rows
@@ -83,7 +111,10 @@ same outcome words for both drivers)
 
     Five consecutive runs (``-n 4``, the last ones with other scenario runs sharing
     the machine) gave the same outcome word in every cell, and the same counts; the
-    docker backend gives the same cells.
+    docker backend gives the same cells. The four variants with Redis down 5 s or the
+    connections reset: five consecutive local runs (``-n 2``, a matrix run sharing the
+    machine) and two on the docker backend (Redis 7.0.15), the same word and counts
+    in every cell.
 
     On kombu 5.3.7 (Celery 5.4.0, redis-py 5.3.1) the losses are the same and the
     worker also consumes again after 2.9 s, but the Redis transport has no setting
@@ -98,9 +129,9 @@ Fix
     ``visibility_timeout`` longer than the longest call, and make writes idempotent
     for the redeliveries that remain. With early acknowledgement, what the worker had
     prefetched comes back only after the visibility timeout.
-    ``worker_cancel_long_running_tasks_on_connection_loss`` stores the cancelled
-    call's state in the result backend; with the broker's Redis as the backend, that
-    store failed while Redis was down (local backend; see above).
+    Leave ``worker_cancel_long_running_tasks_on_connection_loss`` off on these
+    versions: it terminated the running call after a reset or a restart, and the
+    call never ran again within the run, while without it the call finished.
 
 Sources
     Celery docs: "Using Redis" (visibility timeout), configuration
@@ -141,6 +172,16 @@ RESTART = Workload(
     runs_sql="select token, started, worker_pid from runs")
 PERSISTED = replace(RESTART, faults=(
     Fault("restart-redis-persisted", at_point("running", hold=False)),))
+# Redis stays down 5 s (longer than Celery's first reconnection delay, 2 s, and than the
+# running call's remaining work) and keeps no data: whatever the worker does at the
+# connection loss meets a Redis that is gone, whatever the backend's restart takes.
+DOWN_5S = replace(RESTART, faults=(
+    Fault("restart-redis", at_point("running", hold=False), down_s=5),))
+# Redis keeps running with its data; the worker's connections to it (broker, result
+# backend, its processes' own) are reset, and new ones too for 1 s: a load balancer or a
+# NAT that drops its state, a network blip. The harness's own connections go direct.
+RESET = replace(RESTART, faults=(
+    Fault("broker-reset", at_point("running", hold=False), heal_after_s=1.0),))
 
 # Observed with kombu 5.3.7 (Celery 5.4.0, redis-py 5.3.1; harness matrix with
 # UV_CONSTRAINT kombu<5.4) against kombu 5.7.0; 5.4-5.6 unobserved.
@@ -207,6 +248,24 @@ SCENARIO = Scenario(
         Variant("persisted-acks-late", Role.FIX, ACKS_LATE, workload=PERSISTED,
                 expect=clean(),
                 description="task_acks_late, Redis persists."),
+        Variant("cancel-on-connection-loss", Role.FIX,
+                {**ACKS_LATE, "cancel_on_connection_loss": True},
+                workload=DOWN_5S, expect=reproduces("call-abandoned", "call-lost"),
+                description="task_acks_late with worker_cancel_long_running_tasks_on_"
+                            "connection_loss, Redis keeps no data and is down 5 s."),
+        # Redis keeps running; only the worker's connections to it are reset.
+        Variant("reset-defaults", Role.BAD, NULLPOOL, workload=RESET,
+                expect=reproduces("call-lost"),
+                description="Celery's defaults (early ack); the worker's Redis connections "
+                            "are reset."),
+        Variant("reset-acks-late", Role.FIX, ACKS_LATE, workload=RESET, expect=clean(),
+                description="task_acks_late; the worker's Redis connections are reset."),
+        Variant("reset-cancel-on-connection-loss", Role.FIX,
+                {**ACKS_LATE, **FAST_RESTORE, "cancel_on_connection_loss": True},
+                workload=RESET, expect=reproduces("call-abandoned"),
+                description="task_acks_late with worker_cancel_long_running_tasks_on_"
+                            "connection_loss, messages come back after 8 s; the worker's "
+                            "Redis connections are reset."),
         # Late acknowledgement with a visibility timeout shorter than a call.
         Variant("visibility-shorter-than-task", Role.BAD, {**ACKS_LATE, **SHORT_VISIBILITY},
                 workload=PERSISTED,
