@@ -9,6 +9,7 @@ A condition is data, written as a comparison::
     package("asyncpg") < "0.31"     # "asyncpg < 0.31"
     PYTHON >= "3.14"                # "Python >= 3.14"
     PGBOUNCER < "1.24"              # "PgBouncer < 1.24"
+    LIBPQ < "17"                    # "libpq < 17" (the libpq psycopg uses)
     installed("celery-aio-pool")    # "celery-aio-pool installed"
 
 Only ``<`` and ``>=`` exist, so every condition has an exact opposite (the branch
@@ -37,6 +38,8 @@ class RunEnv:
         installed: every distribution installed, when known (a recorded matrix
             environment lists them); None: a package ``packages`` does not name is
             looked up in this interpreter, which is the run's own.
+        libpq: the version of the libpq psycopg uses (its binary wheel bundles one; its
+            C and pure-Python implementations use the system's), or None.
     """
 
     driver: str
@@ -44,6 +47,7 @@ class RunEnv:
     packages: Mapping[str, str]
     pgbouncer: str | None = None
     installed: Mapping[str, str] | None = None
+    libpq: str | None = None
 
     def package_version(self, name: str) -> str | None:
         """The installed version of distribution ``name``, or None when it is not installed."""
@@ -81,14 +85,16 @@ class Subject:
     Compare it with a version string to get a condition: ``package("kombu") < "5.7"``.
     """
 
-    kind: str  # "package", "python" or "pgbouncer"
-    name: str  # the distribution name, or "Python" / "PgBouncer"
+    kind: str  # "package", "python", "pgbouncer" or "libpq"
+    name: str  # the distribution name, or "Python" / "PgBouncer" / "libpq"
 
     def version_in(self, env: RunEnv) -> str | None:
         if self.kind == "python":
             return ".".join(map(str, env.python))
         if self.kind == "pgbouncer":
             return env.pgbouncer
+        if self.kind == "libpq":
+            return env.libpq
         return env.package_version(self.name)
 
     def __lt__(self, boundary: str) -> Compare:  # type: ignore[override]
@@ -107,6 +113,7 @@ def _checked(boundary: object) -> str:
 
 PYTHON = Subject("python", "Python")
 PGBOUNCER = Subject("pgbouncer", "PgBouncer")
+LIBPQ = Subject("libpq", "libpq")
 
 
 def package(name: str) -> Subject:

@@ -30,15 +30,19 @@ class RecordedEnv:
     packages: dict[str, str]
     installed: dict[str, str] | None  # None: the record lists no installed packages
     pgbouncer: str | None
+    libpq: str | None = None
 
     def run_env(self, driver: str) -> RunEnv:
         major, minor = (int(p) for p in self.python.split(".")[:2])
         return RunEnv(driver, (major, minor), self.packages, self.pgbouncer,
-                      installed=self.installed if self.installed is not None else self.packages)
+                      installed=self.installed if self.installed is not None else self.packages,
+                      libpq=self.libpq)
 
     def knows(self, cond: Condition) -> bool:
         """Did the run record what ``cond`` looks at?"""
         subject = cond.subject
+        if subject.kind == "libpq":
+            return self.libpq is not None
         return subject.kind != "package" or subject.name in self.packages \
             or self.installed is not None
 
@@ -71,7 +75,9 @@ def _recorded_env(raw: dict, env_id: str, file: str, fallback_date: str) -> Reco
         id=env_id, file=file, date=_date(str(raw.get("run_id", "")), fallback_date),
         python=str(raw.get("python", "0.0")), packages=dict(raw.get("packages") or {}),
         installed=dict(raw["installed"]) if isinstance(raw.get("installed"), dict) else None,
-        pgbouncer=services.get("pgbouncer") or raw.get("pgbouncer"))
+        pgbouncer=services.get("pgbouncer") or raw.get("pgbouncer"),
+        libpq=(raw.get("libpq") or {}).get("libpq") if isinstance(raw.get("libpq"), dict)
+        else None)
 
 
 def cells_of(data: Any, file: str, fallback_date: str = "") -> list[Cell]:

@@ -114,7 +114,8 @@ def run_env(driver: str, pgbouncer: str | None = None) -> RunEnv:
     installed binary when no PgBouncer runs yet (so ``requires`` can be checked first)."""
     return RunEnv(driver=driver, python=environment.python_tuple(),
                   packages=environment.package_versions(),
-                  pgbouncer=pgbouncer or environment.pgbouncer_version())
+                  pgbouncer=pgbouncer or environment.pgbouncer_version(),
+                  libpq=environment.libpq_info().get("libpq"))
 
 
 def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: StackPool,

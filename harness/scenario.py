@@ -39,6 +39,7 @@ from typing import Any
 
 # The conditions' vocabulary is re-exported: a scenario module imports from here alone.
 from harness.conditions import (  # noqa: F401
+    LIBPQ,
     PGBOUNCER,
     PYTHON,
     Compare,

@@ -88,6 +88,19 @@ wheel's libpq 18.6, Python 3.11.7, PostgreSQL 15, PgBouncer 1.18)
       and ``DEALLOCATE ALL`` needs PgBouncer >= 1.22. The libpq in use is recorded
       in results.json (``environment.libpq``: ``psycopg.pq.__impl__`` and
       ``psycopg.pq.version()``); the binary wheel and a system libpq differ.
+    * ``max-prepared-statements-evicting-default-pool``: the same PgBouncer,
+      ``prepared_max=1``, and each connection runs two texts six times each (both
+      get prepared) and then a third: psycopg evicts from its cache only when a new
+      text arrives after it is full (``PrepareManager._rotate`` runs for new
+      entries), which is why ``prepared-max-1-nullpool`` never evicted anything.
+      With the binary wheel's libpq 18.6: CLEAN, 24 statements evicted (counter
+      ``evicted``) with a Close that PgBouncer translates. With the system's libpq
+      15.18 (``PSYCOPG_IMPL=python``, psycopg's pure-Python implementation):
+      REPRODUCED, all 24 calls fail with ``InvalidSqlStatementName: prepared
+      statement "_pg3_0" does not exist``: the server ran ``DEALLOCATE _pg3_0``
+      and knows the statement only under PgBouncer's name. The rule on the libpq
+      version (``LIBPQ < "17"``) says so; run the matrix or the suite with
+      ``PSYCOPG_IMPL=python`` on a machine whose libpq is older than 17 to see it.
 
 PgBouncer 1.24 and later (observed with PgBouncer 1.24.1 on the docker backend)
     Every variant above that reproduces on 1.18 is CLEAN: from 1.24.0 on,
@@ -102,7 +115,8 @@ Which fix works and why
     ``connect_args={"prepare_threshold": None}``: psycopg never prepares, so no
     statement outlives its transaction. With PgBouncer >= 1.21 (>= 1.22 for
     ``DEALLOCATE ALL``) and libpq >= 17, ``max_prepared_statements`` keeps
-    prepared statements.
+    prepared statements; with an older libpq, only as long as psycopg never evicts
+    one (a ``prepared_max`` above the number of query texts a connection runs).
 
 Sources
     psycopg docs, "Prepared statements" (``prepare_threshold``, ``prepared_max``,
@@ -117,6 +131,7 @@ Sources
 from harness import signatures as sig
 from harness.plugin import assert_expected
 from harness.scenario import (
+    LIBPQ,
     Claim,
     Role,
     Scenario,
@@ -124,6 +139,7 @@ from harness.scenario import (
     Variant,
     clean,
     reproduces,
+    when,
 )
 from scenarios.pgbouncer_rules import (
     DIRECT,
@@ -150,6 +166,16 @@ FAILS = before_tracking_default(
 COLLISIONS_ONLY = before_tracking_default(reproduces(
     "prepared-statement-exists",
     why="one execution per connection: no statement is reused, only names collide"))
+
+# Observed with PgBouncer 1.24.1 (docker): libpq 15.18 (PSYCOPG_IMPL=python, the system's)
+# against libpq 18.6 (the binary wheel's), psycopg 3.3.9.
+DEALLOCATE_BEFORE_LIBPQ_17 = (
+    "libpq < 17: psycopg drops an evicted statement with SQL 'DEALLOCATE _pg3_<n>', which "
+    "PgBouncer does not track, so the server, which knows the statement under PgBouncer's "
+    "own name, answers 'does not exist'; libpq >= 17 sends a protocol-level Close, which "
+    "PgBouncer >= 1.21 translates")
+EVICTION_SOURCE = ("psycopg _connection_base.py _deallocate (3.3.9); PgBouncer issues #1041 "
+                   "and #991 (DEALLOCATE as SQL is not supported)")
 
 SCENARIO = Scenario(
     id="pgbouncer-prepared-psycopg",
@@ -194,6 +220,14 @@ SCENARIO = Scenario(
         Variant("prepared-max-0-default-pool", Role.PARTIAL_FIX,
                 {**POOLED, **ABOVE, "prepared_max": 0},
                 expect=clean(why="psycopg 3.3.9 trims its execution counts to prepared_max")),
+        Variant("max-prepared-statements-evicting-default-pool", Role.PARTIAL_FIX,
+                # 6 executions of each of two texts: both prepared (threshold 5),
+                # then the third text, which makes psycopg evict the first.
+                {**POOLED, "executions": 13, "query_shapes": "halves-then-third",
+                 "prepared_max": 1},
+                stack=PGBOUNCER_TRACKING, requires=NEEDS_TRACKING,
+                expect=when(LIBPQ < "17", reproduces("prepared-statement-missing"), clean(),
+                            why=DEALLOCATE_BEFORE_LIBPQ_17, source=EVICTION_SOURCE)),
         Variant("max-prepared-statements-default-pool", Role.FIX, {**POOLED, **ABOVE},
                 stack=PGBOUNCER_TRACKING,
                 requires=NEEDS_TRACKING,

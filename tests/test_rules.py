@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from harness import rules
-from harness.conditions import PGBOUNCER, PYTHON, RunEnv, describe, installed, package
+from harness.conditions import (
+    LIBPQ,
+    PGBOUNCER,
+    PYTHON,
+    RunEnv,
+    describe,
+    installed,
+    package,
+)
 from harness.errors import ConfigError
 from harness.outcome import Outcome
 from harness.scenario import (
@@ -57,6 +65,36 @@ def test_a_pgbouncer_condition_counts_a_missing_pgbouncer_as_older():
     assert str(cond) == "PgBouncer < 1.24"
     assert cond.holds(env(pgbouncer="1.23.9")) and not cond.holds(env(pgbouncer="1.24.0"))
     assert cond.holds(env(pgbouncer=None)) and cond.holds(env(pgbouncer="unknown"))
+
+
+def test_a_libpq_condition_reads_the_libpq_psycopg_uses():
+    cond = LIBPQ < "17"
+    assert str(cond) == "libpq < 17"
+    assert cond.holds(RunEnv("psycopg", (3, 13), {}, libpq="15.18"))
+    assert not cond.holds(RunEnv("psycopg", (3, 13), {}, libpq="18.6"))
+    assert cond.holds(RunEnv("psycopg", (3, 13), {}))  # psycopg missing: older
+
+
+def test_a_recorded_run_gives_its_libpq_to_the_rules_that_read_it(tmp_path):
+    from harness.recorded_runs import cells_of
+
+    doc = {"run_id": "20261130-160147-dff7ae", "results": [_row("nested", "psycopg", "",
+                                                                 "CLEAN")],
+           "environment": {"python": "3.11.7", "packages": {"psycopg": "3.3.9"},
+                           "libpq": {"impl": "binary", "libpq": "18.6"}}}
+    recorded = cells_of(doc, "results.json")[0].env
+    assert recorded.libpq == "18.6" and recorded.knows(LIBPQ < "17")
+    # A libpq the rule never saw would count as older: 18.6 must reach the condition.
+    assert (LIBPQ >= "17").holds(recorded.run_env("psycopg"))
+    del doc["environment"]["libpq"]
+    assert not cells_of(doc, "results.json")[0].env.knows(LIBPQ < "17")
+
+
+def test_a_rule_on_libpq_makes_a_cell_depend_on_the_psycopg_axis():
+    from harness.matrix.carry import _rule_axes
+
+    rule = when(LIBPQ < "17", reproduces("x"), clean(), why="DEALLOCATE before libpq 17")
+    assert "psycopg" in _rule_axes(rule, "psycopg")
 
 
 def test_installed_reads_the_recorded_list_and_only_then_this_interpreter():

@@ -129,6 +129,8 @@ def _subject_axis(subject: Any) -> str | None:
     kind = getattr(subject, "kind", None)
     if kind in ("python", "pgbouncer"):
         return str(kind)
+    if kind == "libpq":  # psycopg's binary wheel bundles the libpq it uses
+        return "psycopg"
     if kind == "package":
         name = _norm(str(getattr(subject, "name", "")))
         return next((a for a in PACKAGE_AXES

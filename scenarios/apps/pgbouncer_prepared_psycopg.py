@@ -25,7 +25,12 @@ Knobs: those of :mod:`scenarios.apps.common` (pool, connect_args, e.g.
         processes with an odd pid run the second text. The second text returns
         ``reverse()`` of the token and the task reverses it back, so a
         statement name that points at the other text on the server returns a
-        WRONG value instead of raising.
+        WRONG value instead of raising. "halves-then-third": "halves", and the
+        connection's last execution runs a third text: psycopg evicts from its
+        cache only when a new text comes after the cache is full, so this is the
+        shape in which a ``prepared_max`` of 1 really deallocates the first
+        text's statement (``DEALLOCATE`` or a protocol-level Close, by libpq).
+        Counter ``evicted``: statements psycopg dropped from its cache.
 """
 
 from __future__ import annotations
@@ -34,20 +39,24 @@ import os
 from typing import Any
 
 from celery.signals import worker_process_init
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.knobs import Knob
-from harness.task_support import make_app, settings
+from harness.task_support import count, make_app, settings
 from scenarios.apps.common import ENGINE_KNOBS, LoopRunner, make_engine
 from scenarios.apps.echo_through_pgbouncer import ECHO, ECHO_REVERSED, EchoLog
+
+# A third text that answers the token unchanged: a new statement for psycopg's cache.
+ECHO_THIRD = text("select cast(:token as text) /* third */, pg_backend_pid(), "
+                  "(select count(*) from pg_prepared_statements)")
 
 SETTINGS = settings(
     ENGINE_KNOBS,
     Knob("executions", int, 4, "how many times each call runs its statement"),
     Knob("prepared_max", int, None, "psycopg's prepared_max (statements kept per connection)"),
     Knob("query_shapes", str, "same", "which statements a call runs",
-         choices=("same", "halves", "by-process")),
+         choices=("same", "halves", "halves-then-third", "by-process")),
 )
 app = make_app(__name__)
 engine: AsyncEngine | None = None
@@ -75,9 +84,20 @@ def create_engine_after_fork(**_: object) -> None:
 def reversed_shape(execution: int) -> bool:
     """Whether this execution runs the second query text (see ``query_shapes``)."""
     shapes = SETTINGS.get("query_shapes")
-    if shapes == "halves":
+    if shapes in ("halves", "halves-then-third"):
         return execution >= SETTINGS.get("executions") // 2
     return shapes == "by-process" and os.getpid() % 2 == 1
+
+
+def third_shape(execution: int) -> bool:
+    """Whether this execution runs the third text: the last one, in "halves-then-third"."""
+    return (SETTINGS.get("query_shapes") == "halves-then-third"
+            and execution == SETTINGS.get("executions") - 1)
+
+
+def cached_names(conn: Any) -> set[bytes]:
+    """The statement names psycopg keeps prepared for this connection (its cache)."""
+    return set(conn.sync_connection.connection.driver_connection._prepared._names.values())
 
 
 async def echo_repeatedly(token: str) -> str:
@@ -85,13 +105,21 @@ async def echo_repeatedly(token: str) -> str:
     assert engine is not None
     log = EchoLog(token)
     async with engine.connect() as conn:
+        evicted = 0
+        # psycopg's cache is read only where eviction is under test (an internal attribute).
+        watch = SETTINGS.get("query_shapes") == "halves-then-third"
         for execution in range(SETTINGS.get("executions")):
-            reverse = reversed_shape(execution)
+            reverse = reversed_shape(execution) and not third_shape(execution)
+            query = ECHO_THIRD if third_shape(execution) else ECHO_REVERSED if reverse else ECHO
+            before = cached_names(conn) if watch else set()
             async with conn.begin():
-                result = await conn.execute(ECHO_REVERSED if reverse else ECHO,
-                                            {"token": token})
+                result = await conn.execute(query, {"token": token})
                 value, backend_pid, prepared_on_server = result.one()
+            if watch:
+                evicted += len(before - cached_names(conn))
             log.record(value[::-1] if reverse else value, backend_pid, prepared_on_server)
+    if evicted:
+        count(app, "evicted", evicted)
     return log.report(app)
 
 
