@@ -83,6 +83,12 @@ PostgreSQL 15, PgBouncer 1.18)
       every execution prepares a new, unique name inside its own transaction.
       The statements pile up on the server connections (SQLAlchemy's docs warn
       of this and advise NullPool and a ``DISCARD`` reset in PgBouncer).
+    * ``statement_cache_size=0`` + ``prepared_statement_cache_size=0``: CLEAN with
+      both pools, as the first knob alone.
+    * ``statement_cache_size=0`` + uuid names: REPRODUCED
+      (``prepared-statement-missing``, 13-20 of 24 calls): SQLAlchemy's own cache still
+      reuses the uuid-named statement on another server connection.
+    * All three knobs: CLEAN with both pools.
     * PgBouncer >= 1.21 with ``max_prepared_statements=100`` and no client-side
       fix: n/a on PgBouncer 1.18. CLEAN on PgBouncer 1.24.1 (observed, see below):
       PgBouncer tracks protocol-level named statements per client and prepares
@@ -97,10 +103,15 @@ PgBouncer 1.24 and later (observed with PgBouncer 1.24.1 on the docker backend)
     rules: reproduces on PgBouncer < 1.24, clean from 1.24 on. Setting
     ``max_prepared_statements = 0`` on a newer PgBouncer brings the failures back.
 
-asyncpg before 0.31 (seen with 0.30.0 in two default-matrix runs)
-    No client-side fix works: ``statement-cache-size-0-*``, ``uuid-names-one-execution-*``
-    and ``uuid-names-prepared-statement-cache-size-0-*`` all fail with "already
-    exists"/"does not exist" on ``__asyncpg_stmt_<n>__`` names. asyncpg 0.30's
+asyncpg before 0.31 (seen with 0.30.0 in two default-matrix runs and a bisect run,
+and with 0.29.0 on Python 3.11)
+    Every single knob and every pair fails: ``statement-cache-size-0-*`` (alone or
+    with ``prepared_statement_cache_size=0``), ``uuid-names-one-execution-*`` and
+    ``uuid-names-prepared-statement-cache-size-0-*`` fail with "already
+    exists"/"does not exist" on ``__asyncpg_stmt_<n>__`` names. Only all three knobs
+    together are CLEAN (24/24 with both pools on 0.29.0 and 0.30.0): uuid names for
+    SQLAlchemy's statements, no SQLAlchemy cache to reuse them, and no asyncpg cache
+    for the type introspection's statement. asyncpg 0.30's
     ``Connection._prepare`` passes ``named=True`` whenever no name is given, whatever
     ``statement_cache_size`` says (0.31+: ``name = self._stmt_cache_enabled``), and on
     every new connection it introspects the types of SQLAlchemy's codecs with a
@@ -110,7 +121,8 @@ asyncpg before 0.31 (seen with 0.30.0 in two default-matrix runs)
 Which fix works and why
     ``connect_args={"statement_cache_size": 0}`` with either pool: no named
     statement ever outlives its transaction (asyncpg >= 0.31). uuid names work only
-    together with ``prepared_statement_cache_size=0``. With PgBouncer >= 1.21,
+    together with ``prepared_statement_cache_size=0``, and on asyncpg < 0.31 only
+    with ``statement_cache_size=0`` as well. With PgBouncer >= 1.21,
     ``max_prepared_statements`` keeps the benefit of prepared statements.
 
 Sources
@@ -214,6 +226,23 @@ SCENARIO = Scenario(
                 {**NULL, **UUID_NAMES, **SQLALCHEMY_CACHE_OFF}, expect=named_before_asyncpg_031(clean())),
         Variant("uuid-names-prepared-statement-cache-size-0-default-pool", Role.FIX,
                 {**POOLED, **UUID_NAMES, **SQLALCHEMY_CACHE_OFF}, expect=named_before_asyncpg_031(clean())),
+        # The remaining combinations of the three client-side knobs.
+        Variant("statement-cache-size-0-prepared-statement-cache-size-0-nullpool",
+                Role.FIX, {**NULL, **ASYNCPG_CACHE_OFF, **SQLALCHEMY_CACHE_OFF},
+                expect=named_before_asyncpg_031(clean())),
+        Variant("statement-cache-size-0-prepared-statement-cache-size-0-default-pool",
+                Role.FIX, {**POOLED, **ASYNCPG_CACHE_OFF, **SQLALCHEMY_CACHE_OFF},
+                expect=named_before_asyncpg_031(clean())),
+        Variant("statement-cache-size-0-uuid-names-nullpool", Role.PARTIAL_FIX,
+                {**NULL, **ASYNCPG_CACHE_OFF, **UUID_NAMES}, expect=MISSING_ONLY),
+        Variant("statement-cache-size-0-uuid-names-default-pool", Role.PARTIAL_FIX,
+                {**POOLED, **ASYNCPG_CACHE_OFF, **UUID_NAMES}, expect=MISSING_ONLY),
+        Variant("all-three-nullpool", Role.FIX,
+                {**NULL, **ASYNCPG_CACHE_OFF, **SQLALCHEMY_CACHE_OFF, **UUID_NAMES},
+                expect=clean()),
+        Variant("all-three-default-pool", Role.FIX,
+                {**POOLED, **ASYNCPG_CACHE_OFF, **SQLALCHEMY_CACHE_OFF, **UUID_NAMES},
+                expect=clean()),
         Variant("max-prepared-statements-nullpool", Role.FIX, NULL, stack=PGBOUNCER_TRACKING,
                 requires=NEEDS_TRACKING, expect=TRACKED),
         Variant("max-prepared-statements-default-pool", Role.FIX, POOLED,
