@@ -101,10 +101,7 @@ def releases_between(axis: str, available: Iterable[str], old: str, new: str,
                           f"that exist, e.g. harness bisect {axis} {near[-1] if near else 'X'} "
                           f"{near[0] if near else 'Y'}.")
     low, high = _version(old), _version(new)
-    if low >= high:
-        raise ConfigError(f"OLD must be older than NEW, but {axis} {old} is "
-                          f"{'the same release as' if low == high else 'newer than'} {new}. "
-                          f"Write the older release first: harness bisect {axis} {new} {old}.")
+    _check_order(axis, old, new, low, high, "release")
     found = []
     for v in listed:
         try:
@@ -115,6 +112,15 @@ def releases_between(axis: str, available: Iterable[str], old: str, new: str,
                                       or not (parsed.is_prerelease or parsed.is_devrelease)):
             found.append(v)
     return sorted(found, key=Version)
+
+
+def _check_order(axis: str, old: str, new: str, low: Any, high: Any, unit: str) -> None:
+    """Refuse ends given newest first or equal, naming the command the other way round."""
+    if low >= high:
+        raise ConfigError(f"OLD must be older than NEW, but {axis} {old} is "
+                          f"{'the same ' + unit + ' as' if low == high else 'newer than'} "
+                          f"{new}. Write the older {unit} first: harness bisect {axis} {new} "
+                          f"{old}.")
 
 
 def python_lines_between(old: str, new: str) -> list[str]:
@@ -128,10 +134,7 @@ def python_lines_between(old: str, new: str) -> list[str]:
             raise ConfigError(f"python {value!r} is not a Python line: the python axis is "
                               f"bisected by line, e.g. harness bisect python 3.11 3.14.")
     low, high = int(old.split(".")[1]), int(new.split(".")[1])
-    if low >= high:
-        raise ConfigError(f"OLD must be older than NEW, but python {old} is "
-                          f"{'the same line as' if low == high else 'newer than'} {new}. "
-                          f"Write the older line first: harness bisect python {new} {old}.")
+    _check_order("python", old, new, low, high, "line")
     return [f"3.{y}" for y in range(low, high + 1)]
 
 
@@ -146,10 +149,7 @@ def lines_between(values: Iterable[str], old: str, new: str, axis: str) -> list[
             raise ConfigError(f"{axis} {value!r} is not a release line X.Y: the {axis} axis "
                               f"names lines, e.g. harness bisect {axis} 1.18 1.24.")
     low, high = Version(old), Version(new)
-    if low >= high:
-        raise ConfigError(f"OLD must be older than NEW, but {axis} {old} is "
-                          f"{'the same line as' if low == high else 'newer than'} {new}. "
-                          f"Write the older line first: harness bisect {axis} {new} {old}.")
+    _check_order(axis, old, new, low, high, "line")
     inside = {v for v in values if re.fullmatch(r"\d+\.\d+", v) and low <= Version(v) <= high}
     return sorted(inside | {old, new}, key=Version)
 
