@@ -135,6 +135,7 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
     run = VariantRun(scenario, variant, driver, expected, Outcome.HARNESS_ERROR,
                      log_path=str(log_path), services=stack.versions())
     try:
+        stack.fresh_broker()
         with stack.fresh_database(f"{scenario.id}-{variant.name}") as dbname, \
                 ExitStack() as fault_layer:
             for statement in scenario.setup_sql:

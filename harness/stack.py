@@ -79,6 +79,14 @@ class Stack:
         with FaultProxy(self.redis.host, self.redis.port, name="proxy-redis") as proxy:
             yield proxy
 
+    def fresh_broker(self) -> None:
+        """Empty the broker's database before a variant: the earlier variants' workers
+        were killed, and what kombu keeps outside a queue's own keys (the ``unacked`` hash,
+        its index and the sweep's ``unacked_mutex``, which expires after 300 s) would
+        otherwise reach this variant's worker: a mutex a killed worker held stops this
+        worker's sweep, so its unacknowledged messages never come back."""
+        self.redis.client().flushdb()
+
     @contextmanager
     def fresh_database(self, label: str) -> Iterator[str]:
         """A new empty database for one run, dropped afterwards."""

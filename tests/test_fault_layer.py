@@ -427,3 +427,15 @@ def test_a_time_down_is_for_the_redis_restarts_only():
         Fault("kill-child", at_point("running"), down_s=5)
     with pytest.raises(ValueError, match=">= 0"):
         Fault("restart-redis", at_point("running"), down_s=-1)
+
+
+def test_each_variant_starts_on_an_empty_broker(redis_service):
+    """A killed worker's kombu keys outside its queue (a held sweep mutex stops the next
+    worker's sweep for 300 s: its unacknowledged messages never come back) are gone."""
+    from harness.stack import Stack
+
+    client = redis_service.client()
+    client.set("unacked_mutex", "a-killed-worker", ex=300)
+    client.hset("unacked", "tag", "message")
+    Stack(spec=None, postgres=None, pgbouncer=None, redis=redis_service).fresh_broker()
+    assert client.dbsize() == 0
