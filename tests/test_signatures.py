@@ -189,6 +189,7 @@ def _probe_envs(driver: str, rules: list, requires: list) -> list[RunEnv]:
     """Environments on both sides of every boundary the rules and checks declare
     (a package a condition asks about is there in one and missing in another)."""
     pythons, pgbouncers = set(PYTHONS), set(PGBOUNCERS)
+    libpqs: set[str | None] = {None}  # psycopg missing; a rule on libpq adds its two sides
     packages: dict[str, set[str | None]] = {name: {v} for name, v in NEWEST.items()}
     for item in rules + requires:
         for cond in _conditions(item):
@@ -199,6 +200,8 @@ def _probe_envs(driver: str, rules: list, requires: list) -> list[RunEnv]:
             kind, version = cond.subject.kind, cond.version
             if kind == "pgbouncer":
                 pgbouncers |= {version, _below(version)}
+            elif kind == "libpq":
+                libpqs |= {version, _below(version)}
             elif kind == "python":
                 pythons |= {tuple(int(p) for p in v.split(".")[:2])
                             for v in (version, _below(version))}
@@ -207,8 +210,8 @@ def _probe_envs(driver: str, rules: list, requires: list) -> list[RunEnv]:
     names = sorted(packages)
     return [RunEnv(driver=driver, python=py,  # type: ignore[arg-type]
                    packages={n: v for n, v in zip(names, combo) if v is not None},
-                   pgbouncer=pgb, installed={})
-            for py in sorted(pythons) for pgb in pgbouncers
+                   pgbouncer=pgb, installed={}, libpq=libpq)
+            for py in sorted(pythons) for pgb in pgbouncers for libpq in sorted(libpqs, key=str)
             for combo in itertools.product(*(sorted(packages[n], key=str) for n in names))]
 
 
