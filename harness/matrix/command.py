@@ -264,10 +264,7 @@ def run_matrix(opts: MatrixOptions) -> int:
     # Only what the planned environments use must exist here: a CI shard (--only) needs
     # neither the other Python lines nor the other PgBouncer versions.
     # A Python with no interpreter here runs in its interpreter image (a container env).
-    pythons = sources.python_sources(c.versions["python"] for c in combos)
-    pgbouncers = pgbouncer_axis.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
-    # Each environment's backend and service images (the postgres axis, containers).
-    services = sources.env_services(combos, pythons, pgbouncers)
+    pythons, services = where_envs_run(combos)
     out = opts.out.resolve()
     cells: list[carry.Cell] = []
     if opts.audit is not None:
@@ -457,14 +454,22 @@ def plan_command(project_root: Path, matrix_file: Path | None,
     return 0
 
 
+def where_envs_run(combos: Sequence[axes.Combination]
+                   ) -> tuple[dict[str, sources.PythonSource], dict[str, sources.EnvServices]]:
+    """Each planned Python's interpreter (here, or its image) and each environment's
+    backend and service images: what ``run_matrix`` runs them on and ``plan_places``
+    counts with. Raises ConfigError when something they need is missing here."""
+    pythons = sources.python_sources(c.versions["python"] for c in combos)
+    pgbouncers = pgbouncer_axis.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
+    return pythons, sources.env_services(combos, pythons, pgbouncers)
+
+
 def plan_places(combos: Sequence[axes.Combination]) -> tuple[dict[str, str], str]:
     """Where each environment would run (backend and images), as ``run_matrix`` decides it
     from this machine's interpreters, PgBouncer and images, for the strict policy's counts;
     or none and why the counts assume one place for all."""
     try:
-        pythons = sources.python_sources(c.versions["python"] for c in combos)
-        pgbouncers = pgbouncer_axis.pgbouncer_sources(c.versions["pgbouncer"] for c in combos)
-        services = sources.env_services(combos, pythons, pgbouncers)
+        _, services = where_envs_run(combos)
     except ConfigError as exc:
         return {}, (f"carry policy strict: where each environment runs is not known here "
                     f"({_first_line(str(exc))}), so these counts assume one backend for all; "
