@@ -206,8 +206,10 @@ RESULT_WITHOUT_ROWS = Signature(
 PSYCOPG_ANOTHER_COMMAND = Signature(
     "psycopg-another-command", "psycopg.OperationalError",
     r"another command is already in progress",
-    description="libpq refused to send a query while it still awaits an earlier reply "
-                "(on a socket shared over fork, the reply another process consumed).")
+    description="libpq refused to send a query while it still awaits an earlier reply: on "
+                "a socket shared over fork, the reply another process consumed; or psycopg "
+                "stopped waiting on an exception that is no cancellation (a soft time limit) "
+                "and never cancelled its query.")
 ASYNCPG_FOREIGN_TRANSACTION = Signature(
     "asyncpg-foreign-transaction", "asyncpg.exceptions.InterfaceError",
     r"cannot use Connection\.transaction\(\) in a manually started transaction",

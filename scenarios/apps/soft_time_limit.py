@@ -44,7 +44,8 @@ Knobs: those of :mod:`scenarios.apps.common`, plus
             finished (what ``asyncio.run`` itself does on its way out).
 
 Counters (``task_support.count``): ``soft-time-limit-hit``; ``soft-limit-raised-in-
-<module>`` (the module the signal interrupted); ``slow-query-cancelled`` (the
+<module>`` (the module the signal interrupted, counted too for a call that failed
+with another error raised while the limit unwound it); ``slow-query-cancelled`` (the
 coroutine got ``CancelledError`` at its query); ``slow-call-committed`` (an
 interrupted coroutine later ran to the end of its transaction);
 ``saw-slow-transaction-<state>`` (a fast call found a slow call's transaction
@@ -172,6 +173,19 @@ def interrupted_module(tb: TracebackType | None) -> str:
     return str(frames[-2].tb_frame.f_globals.get("__name__", "unknown"))
 
 
+def soft_limit_behind(exc: BaseException) -> SoftTimeLimitExceeded | None:
+    """The ``SoftTimeLimitExceeded`` an error was raised while handling, if any (through
+    wrappers: SQLAlchemy's error has the driver's as its cause)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, SoftTimeLimitExceeded):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def run_on_loop(token: str, sessions: list[AsyncSession]) -> str:
     """Drive the call's coroutine on a new loop or on the process's loop (``loop`` knob)."""
     process_loop = RUNNER.loop
@@ -210,6 +224,13 @@ def write_token(token: str) -> str:
             raise  # a fast call has no business reaching the soft limit
         # The interruption is a slow call's expected end (see the module docstring).
         return token
+    except Exception as exc:
+        # Another error raised while the soft limit unwound the call (its context):
+        # the task fails with that one. Note where the signal landed, then let it out.
+        limit = soft_limit_behind(exc)
+        if limit is not None:
+            count(app, f"soft-limit-raised-in-{interrupted_module(limit.__traceback__)}")
+        raise
     if is_slow(token):
         raise SoftLimitNeverFired(f"slow call {token} finished pg_sleep({SLOW_QUERY_S}) "
                                   f"within the soft time limit")
