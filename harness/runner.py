@@ -43,6 +43,7 @@ class VariantRun:
     run_s: float = 0.0
     log_findings: dict[str, int] = field(default_factory=dict)
     db: dict[str, Any] = field(default_factory=dict)
+    broker: dict[str, Any] = field(default_factory=dict)  # what Redis still held at the end
     counters: dict[str, int] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)  # in force, as the app declared them
     faults: list[dict[str, Any]] = field(default_factory=list)  # what fired, when, what it saw
@@ -69,7 +70,8 @@ class VariantRun:
             "tasks": self.counts.to_dict(), "first_error": self.first_error,
             "other_errors": list(self.other_errors),
             "worker_start_s": round(self.worker_start_s, 3), "run_s": round(self.run_s, 3),
-            "log_findings": self.log_findings, "counters": self.counters, "db": self.db, "log": self.log_path,
+            "log_findings": self.log_findings, "counters": self.counters, "db": self.db,
+            "broker": self.broker, "log": self.log_path,
             "reason": self.reason, "config": dict(self.variant.config), "knobs": self.knobs,
             "faults": self.faults,
             "description": self.variant.description,
@@ -88,9 +90,9 @@ class VariantRun:
                 "source": claim.source}
 
     def failure_message(self) -> str:
-        lines = [f"{self.scenario.id} / {self.variant.name} / {self.driver}: expected "
-                 f"{self.expected.describe()}, observed {self.outcome.value} "
-                 f"{self.counts.to_dict()}"]
+        lines = [(f"{self.scenario.id} / {self.variant.name} / {self.driver}: expected "
+                  f"{self.expected.describe()}, observed {self.outcome.value} "
+                  f"{self.counts.to_dict()}")]
         if self.expected.why:
             lines.append(f"expectation: {self.expected.why}")
         if self.reason:
@@ -183,6 +185,7 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                     worker.stop(grace_s=0)
                     return run
                 run.db = _inspect(stack, dbname, scenario)
+                run.broker = _inspect_broker(stack, settings.queue)
                 run.counters = worker.counters()
                 if workload.runs_sql:
                     traced = trace(calls, stack.postgres.execute(workload.runs_sql, dbname),
@@ -226,3 +229,18 @@ def _inspect(stack: Any, dbname: str, scenario: Scenario) -> dict[str, Any]:
     for name, sql in scenario.inspect_sql.items():
         found[name] = [list(row) for row in stack.postgres.execute(sql, dbname)]
     return found
+
+
+def _inspect_broker(stack: Any, queue: str) -> dict[str, Any]:
+    """What Redis still holds for this run once its calls are done: messages waiting in
+    the run's queue (kombu's priority lists included) and messages a worker took but never
+    acknowledged (the Redis transport's ``unacked`` hash, which holds this run's only:
+    each variant starts on an empty database). A call that never ran is in one of them,
+    or gone from the broker."""
+    client = stack.redis.client()
+    try:
+        queued = sum(client.llen(key) for key in client.scan_iter(match=f"{queue}*")
+                     if client.type(key) in (b"list", "list"))
+        return {"queued": queued, "unacked": client.hlen("unacked")}
+    finally:
+        client.close()

@@ -439,3 +439,23 @@ def test_each_variant_starts_on_an_empty_broker(redis_service):
     client.hset("unacked", "tag", "message")
     Stack(spec=None, postgres=None, pgbouncer=None, redis=redis_service).fresh_broker()
     assert client.dbsize() == 0
+
+
+def test_the_broker_inspection_counts_queued_and_unacknowledged_messages(redis_service):
+    """Where a call that never ran went: still queued (kombu keeps a list per priority
+    step, named queue + "\\x06\\x16" + step), taken and never acknowledged (``unacked``),
+    or gone; other queues and other keys do not count."""
+    from harness.runner import _inspect_broker
+    from harness.stack import Stack
+
+    stack = Stack(spec=None, postgres=None, pgbouncer=None, redis=redis_service)
+    stack.fresh_broker()
+    client = redis_service.client()
+    client.rpush("harness.run", "m1", "m2")
+    client.rpush("harness.run\x06\x163", "m3")
+    client.rpush("harness.other", "not this run's")
+    client.set("harness.run.lock", "not a queue")
+    client.hset("unacked", mapping={"tag1": "m4", "tag2": "m5"})
+    assert _inspect_broker(stack, "harness.run") == {"queued": 3, "unacked": 2}
+    stack.fresh_broker()
+    assert _inspect_broker(stack, "harness.run") == {"queued": 0, "unacked": 0}
