@@ -149,6 +149,7 @@ def run_variant(scenario: Scenario, variant: Variant, driver: str, *, stacks: St
                 scenario=scenario.id, variant=variant.name, driver=driver,
                 database_url=stack.database_url(driver, dbname, via=proxy),
                 broker_url=stack.redis.url(via=broker_proxy),
+                backend_url=stack.redis.url() if workload.result_backend_direct else "",
                 queue=f"harness.{uuid.uuid4().hex}",
                 config=variant.config,
                 start_together=workload.concurrency if workload.start_together else 0,

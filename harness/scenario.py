@@ -315,6 +315,11 @@ class Workload:
             ``resume-ms`` says how long after the later calls were sent the first
             of them started. For faults that lose what the broker held, where
             Redis (and every result in it) cannot be the witness.
+        result_backend_direct: the worker's result backend does not go through the
+            proxy a ``broker-*`` fault works on, so the fault reaches only the broker's
+            connections: a result backend elsewhere (another Redis, a database) that
+            stays reachable. By default broker and result backend share one Redis, and
+            the fault reaches both. Needs a ``broker-*`` fault.
     """
 
     task: str
@@ -329,11 +334,16 @@ class Workload:
     faults: tuple[Fault, ...] = ()
     calls_after_faults: int = 0
     runs_sql: str | None = None
+    result_backend_direct: bool = False
 
     def __post_init__(self) -> None:
         if self.calls_after_faults and not self.faults:
             raise ValueError("Workload(calls_after_faults=...) needs faults: the calls are "
                              "sent once the faults have fired")
+        if self.result_backend_direct and not any(f.needs_broker_proxy for f in self.faults):
+            raise ValueError("Workload(result_backend_direct=True) needs a broker-* fault: "
+                             "without one nothing goes through a proxy, so the result "
+                             "backend is direct already")
 
 
 @dataclass(frozen=True)

@@ -58,16 +58,19 @@ class WorkerSettings:
     start_together: int = 0  # processes whose first calls start at once (0: no barrier)
     cue_points: tuple[str, ...] = ()  # points a fault waits at (harness.faults.cues.reach)
     cue_passing: tuple[str, ...] = ()  # of those, points a task announces and passes at once
+    # The result backend's Redis URL when it is not the broker's: direct, past a fault
+    # proxy the broker goes through (Workload.result_backend_direct).
+    backend_url: str = ""
     knobs: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_variant(cls, *, scenario: str, variant: str, driver: str, database_url: str,
                     broker_url: str, queue: str, config: Mapping[str, Any],
                     start_together: int = 0, cue_points: Iterable[str] = (),
-                    cue_passing: Iterable[str] = ()) -> WorkerSettings:
+                    cue_passing: Iterable[str] = (), backend_url: str = "") -> WorkerSettings:
         """The settings the harness hands a worker (the one place they are built)."""
         return cls(scenario, variant, driver, database_url, broker_url, queue, dict(config),
-                   start_together, tuple(cue_points), tuple(cue_passing))
+                   start_together, tuple(cue_points), tuple(cue_passing), backend_url)
 
     def to_env(self) -> dict[str, str]:
         """The worker's environment variable that carries these settings."""
@@ -75,7 +78,7 @@ class WorkerSettings:
                   "database_url": self.database_url, "broker_url": self.broker_url,
                   "queue": self.queue, "config": dict(self.config),
                   "start_together": self.start_together, "cue_points": list(self.cue_points),
-                  "cue_passing": list(self.cue_passing)}
+                  "cue_passing": list(self.cue_passing), "backend_url": self.backend_url}
         return {CONFIG_ENV: json.dumps(fields)}
 
     def get(self, name: str) -> Any:
@@ -129,7 +132,8 @@ def make_app(main: str) -> Celery:
     variant's result (``knobs`` in results.json).
     """
     s = settings()
-    app = Celery(main, broker=s.broker_url, backend=s.broker_url, set_as_current=True)
+    app = Celery(main, broker=s.broker_url, backend=s.backend_url or s.broker_url,
+                 set_as_current=True)
     app.conf.update(
         task_default_queue=s.queue,
         task_serializer="json", result_serializer="json", accept_content=["json"],

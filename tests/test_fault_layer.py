@@ -429,6 +429,16 @@ def test_a_time_down_is_for_the_redis_restarts_only():
         Fault("restart-redis", at_point("running"), down_s=-1)
 
 
+def test_a_direct_result_backend_needs_a_fault_that_goes_through_the_broker_proxy():
+    from harness.scenario import Workload
+
+    reset = Fault("broker-reset", at_point("running"), heal_after_s=1.0)
+    assert Workload(task="t", faults=(reset,), result_backend_direct=True).result_backend_direct
+    with pytest.raises(ValueError, match="needs a broker-\\* fault"):
+        Workload(task="t", faults=(Fault("restart-redis", at_point("running")),),
+                 result_backend_direct=True)
+
+
 def test_each_variant_starts_on_an_empty_broker(redis_service):
     """A killed worker's kombu keys outside its queue (a held sweep mutex stops the next
     worker's sweep for 300 s: its unacknowledged messages never come back) are gone."""
