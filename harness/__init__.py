@@ -20,7 +20,7 @@ _EXPORTS = {
     "assert_expected": "harness.plugin",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 - one list of names, in _EXPORTS
 
 
 def __getattr__(name: str) -> Any:

@@ -32,15 +32,19 @@ if TYPE_CHECKING:
 
 _LIVE: set[ManagedProcess] = set()
 _PR_SET_PDEATHSIG = 1
+# Loaded here, in the parent: the child (between fork and exec, where another thread's
+# lock may be held forever) then only calls prctl, and never loads a library.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not Linux / no glibc: the atexit and signal paths still apply
+    _LIBC = None
 
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: if the harness dies, even by
     # SIGKILL, the kernel kills this child, so nothing outlives the run.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux / no glibc: the atexit and signal paths still apply
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 _SPAWNER: concurrent.futures.ThreadPoolExecutor | None = None
@@ -135,7 +139,7 @@ class ManagedProcess:
             cwd=cwd,
             user=user if (user and os.geteuid() == 0) else None,
             start_new_session=True,  # Ctrl-C in the terminal reaches the harness, not this child
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, libc loaded before
         ))
         _LIVE.add(self)
 

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                  "[pytest options...]\n'scenarios' runs every scenario and prints the "
                  "summary table; 'tests' runs the harness's own tests.")
     target, extra = args[0], args[1:]
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - bootstrap runs on any python3 first
         sys.exit(f"[harness] Python 3.10 or newer is needed; this is {sys.version.split()[0]}. "
                  f"Run the command with a newer python3.")
     install_system_packages(target)

@@ -23,8 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.audit import command as audit_command
 from harness import environment, rules
+from harness.audit import command as audit_command
 from harness.bootstrap import default_workers
 from harness.errors import HarnessError
 from harness.matrix import bisect, command
@@ -146,7 +146,7 @@ def _refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     Raises:
         HarnessError: one of them was given; the message says which and where they belong.
     """
-    matrix = parser._subparsers._group_actions[0].choices["matrix"]  # noqa: SLF001
+    matrix = parser._subparsers._group_actions[0].choices["matrix"]
     unused = [flag for dest, flag in RUN_OPTIONS.items()
               if getattr(args, dest, None) != matrix.get_default(dest)]
     if args.action == "plan":
@@ -330,7 +330,7 @@ def parse(args_in: list[str]) -> argparse.Namespace:
         return parser.parse_args(args_in)
     before = parser.parse_args(args_in[:at])
     args = parser.parse_args([args_in[0], *args_in[at:]])
-    matrix = parser._subparsers._group_actions[0].choices["matrix"]  # noqa: SLF001
+    matrix = parser._subparsers._group_actions[0].choices["matrix"]
     for key, value in vars(before).items():
         if key != "action" and value != matrix.get_default(key) \
                 and getattr(args, key, None) == matrix.get_default(key):

@@ -120,7 +120,7 @@ def kill_everything_now(signum: int) -> None:
     try:
         scratch.release_now()
         scratch.sweep()  # the folders of the xdist workers just killed
-    except Exception:  # noqa: BLE001 - exiting now matters more than a folder
+    except Exception:  # noqa: BLE001, S110 - exiting now matters more than a folder
         pass
     os._exit(128 + signum)
 

@@ -200,8 +200,8 @@ def test_a_fault_whose_cue_never_comes_is_a_problem_not_a_pass():
     with injector:
         pass  # three calls ran; the cue "after 5 calls" never came
     assert injector.problems() == [
-        "fault kill-child after 5 finished call(s), healed at the end of the variant never "
-        "fired (its cue never came)"]
+        ("fault kill-child after 5 finished call(s), healed at the end of the variant never "
+        "fired (its cue never came)")]
 
 
 def test_a_fault_that_fails_to_fire_is_a_problem():
@@ -280,7 +280,7 @@ def test_after_calls_fires_between_batches(make_worker, parent_with_children):
     seen: list[int] = []
     with make_worker() as worker:
         def hook() -> None:
-            seen.append(len(worker._finished_in_log()))  # noqa: SLF001 - what the worker logged
+            seen.append(len(worker._finished_in_log()))
 
         calls = worker.run("tests.apps.lifecycle.echo", calls=4, timeout_s=15,
                            after_calls={2: hook}, ignore_result=False)

@@ -100,7 +100,7 @@ def _start(argv: list[str], env: dict[str, str], output: Path) -> subprocess.Pop
                                 stdin=subprocess.DEVNULL,
                                 # A shell without job control starts background jobs with
                                 # SIGINT ignored; a user's terminal does not.
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
 
 
 def _wait_until(check: Callable[[], bool], bound_s: float, what: str, output: Path,

@@ -155,8 +155,8 @@ def test_scenario_and_variant_options_select_and_refuse_unknown_names(demo):
     run.stdout.fnmatch_lines(["*works-asyncpg*", "*works-psycopg*", "*2/6 tests collected*"])
     run = demo.runpytest_subprocess("--scenario", "dmeo")
     assert run.ret != 0
-    run.stderr.fnmatch_lines(["*Unknown scenario 'dmeo'. Known scenarios in the collected "
-                              "files: demo*"])
+    run.stderr.fnmatch_lines([("*Unknown scenario 'dmeo'. Known scenarios in the collected "
+                              "files: demo*")])
     run = demo.runpytest_subprocess("--variant", "works,nope")
     run.stderr.fnmatch_lines(["*Unknown variant 'nope'*fails, works, wrongly-expected*"])
 

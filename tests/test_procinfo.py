@@ -25,9 +25,9 @@ def test_a_command_name_with_spaces_and_parentheses_is_parsed():
 
 def test_descendants_and_group_members_see_a_child_and_its_child_until_they_die():
     child = subprocess.Popen([sys.executable, "-c",
-                              "import subprocess, sys, time; "
+                              ("import subprocess, sys, time; "
                               "subprocess.Popen([sys.executable, '-c', 'import time; "
-                              "time.sleep(60)']); time.sleep(60)"],
+                              "time.sleep(60)']); time.sleep(60)")],
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 10

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import MissingBinaryError, PortInUseError
-from harness.services import LocalPgBouncer, LocalPostgres, LocalRedis, PostgresSettings
-from harness.services import base
-from harness.stack import StackPool
 from harness.scenario import StackSpec
+from harness.services import LocalPgBouncer, LocalPostgres, LocalRedis, PostgresSettings, base
+from harness.stack import StackPool
 
 
 def pid_alive(pid: int) -> bool:

@@ -132,7 +132,7 @@ def host_paths(settings: Mapping[str, str]) -> list[str]:
         if key not in PATH_SETTINGS:
             continue
         for item in value.replace(",", " ").split():
-            path = item[7:] if item.startswith("file://") else item
+            path = item.removeprefix("file://")
             if not (path.startswith("/") and Path(path).exists()):
                 continue
             index = key in ("UV_DEFAULT_INDEX", "UV_INDEX") and len(Path(path).parts) > 2
@@ -255,8 +255,8 @@ def write_launcher(env_dir: Path, image: str) -> Path:
 # --- clean-up -------------------------------------------------------------------------
 def _listed() -> list[tuple[str, str, str]]:
     out = subprocess.run([docker_cli(), "ps", "-a", "--filter", f"label={LABEL_ENV}",
-                          "--format", f'{{{{.ID}}}}\t{{{{.Label "{LABEL_OWNER}"}}}}\t'
-                                      f'{{{{.Label "{LABEL_MATRIX}"}}}}'],
+                          "--format", (f'{{{{.ID}}}}\t{{{{.Label "{LABEL_OWNER}"}}}}\t'
+                                      f'{{{{.Label "{LABEL_MATRIX}"}}}}')],
                          capture_output=True, text=True, timeout=60, check=False)
     rows = [line.split("\t") for line in out.stdout.splitlines() if line.strip()]
     return [(r + ["", ""])[:3] for r in rows]  # type: ignore[misc]
@@ -283,7 +283,7 @@ def sweep_services() -> None:
 
         if docker_engine.IMPORT_ERROR is None:
             docker_engine.sweep_orphans()
-    except Exception:  # noqa: BLE001 - a sweep must not turn an ending run into a crash
+    except Exception:  # noqa: BLE001, S110 - a sweep must not turn an ending run into a crash
         pass
 
 

@@ -105,7 +105,7 @@ def _file_digest(names: str) -> str:
     """The contents of the files a setting names (space-separated), hashed."""
     digest = hashlib.sha256()
     for name in names.split():
-        path = Path(name[7:] if name.startswith("file://") else name)
+        path = Path(name.removeprefix("file://"))
         digest.update(name.encode())
         try:
             digest.update(path.read_bytes())

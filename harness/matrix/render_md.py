@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-
 from harness.matrix import table
 from harness.matrix.merge import DEPENDS
 
@@ -42,9 +41,9 @@ def _legend(matrix: Mapping[str, Any]) -> list[str]:
     if notes:
         lines.append("")
         lines += [f"- {name}: {_esc(text)}" for name, text in notes]
-    lines += ["", "Resolution: 'dated D' installed every package an environment does not pin "
+    lines += ["", ("Resolution: 'dated D' installed every package an environment does not pin "
               "as it could be installed on D (its newest pinned release, plus a day); "
-              "'latest' is today's resolution."]
+              "'latest' is today's resolution.")]
     unobserved = _unobserved_rule_branches(matrix)
     if unobserved:
         lines.append("")

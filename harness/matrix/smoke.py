@@ -109,8 +109,8 @@ def _smoke(backend_name: str, log_dir: Path, project_root: Path) -> dict[str, An
     try:
         for module in STACK_MODULES:
             __import__(module)
-        from harness.services import backends
         from harness.errors import WorkerStartError
+        from harness.services import backends
         from harness.task_support import WorkerSettings
         from harness.worker import CeleryWorker
     except Exception as exc:  # noqa: BLE001 - whatever breaks the import is the finding

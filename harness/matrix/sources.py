@@ -322,5 +322,13 @@ def describe_python(source: PythonSource) -> str:
     return f"python {source.version}"
 
 
-__all__ = ["BUILDABLE", "ContainerPython", "EnvServices", "IMAGE_VARIABLE", "env_services",
-           "find_container_python", "python_sources", "resolve_postgres"]
+__all__ = [
+    "BUILDABLE",
+    "IMAGE_VARIABLE",
+    "ContainerPython",
+    "EnvServices",
+    "env_services",
+    "find_container_python",
+    "python_sources",
+    "resolve_postgres",
+]

@@ -32,8 +32,8 @@ EMAILS = ("ada@example.org", "ada@work.example.org")
 
 SETUP_SQL: tuple[str, ...] = (
     "create table users (id serial primary key, name text not null)",
-    "create table addresses (id serial primary key,"
-    " user_id integer not null references users (id), email text not null)",
+    ("create table addresses (id serial primary key,"
+    " user_id integer not null references users (id), email text not null)"),
     "create table audit (id serial primary key, token text not null)",
     f"insert into users (name) values ('{USER_NAME}')",
     "insert into addresses (user_id, email) values "
