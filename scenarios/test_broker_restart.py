@@ -78,6 +78,8 @@ same outcome words for both drivers)
       backend), and once run again with a 2-3 s restart; with each variant on an empty
       Redis database, down 5 s, abandoned in 3 of 4 cells and run again in 1 (local,
       two runs). So that configuration is not a variant: no outcome word would hold.
+      The race is the result backend's (see the reset variants below): the call runs
+      again only when Celery could store its RETRY state at the moment of the loss.
 
     Redis keeps running with its data and only the worker's connections to it are
     reset (``broker-reset``: a fault proxy between the worker and Redis resets every
@@ -97,9 +99,21 @@ same outcome words for both drivers)
       visibility timeout) the call never ran again. The worker logged "Restoring 1
       unacknowledged message(s)" as it closed the broken connection, with no failed
       restore, and "Failed to cancel active request" (the RETRY state could not be
-      stored: the result backend's connection was reset too); where the message
-      went was not inspected. Without the setting the same call finishes and is
-      acknowledged (the row above).
+      stored: the result backend's connection was reset too). At the end nothing is
+      left in Redis (``broker``: 0 queued, 0 unacknowledged): the worker acknowledged
+      the message. Celery 5.7.0's code says why (``celery/worker/request.py``):
+      ``Request.cancel`` terminates the process, then ``_announce_cancelled`` stores
+      the RETRY state; that raised, so ``_already_cancelled`` was never set, and when
+      the terminated job ended, ``on_failure`` took it for a revoked task
+      (``_announce_revoked``), which acknowledges the message. Without the setting the
+      same call finishes and is acknowledged (the row above).
+    * The same with the result backend elsewhere (``result_backend_direct``: only the
+      broker's connections are reset, as with a result backend on another Redis or a
+      database): CLEAN. No "Failed to cancel"; the message stays unacknowledged,
+      comes back after the 8 s visibility timeout and the call runs again (runs per
+      call [2, 1]: the cancelled call twice, no duplicate row, since its first run
+      was terminated before it wrote). The setting does what its warning says only
+      while the result backend answers.
 
     * A visibility timeout (5 s) shorter than a call that writes its row and then
       works 8 s, late acks: REPRODUCED ``duplicate-write``: the call's message comes
@@ -137,8 +151,12 @@ Fix
     for the redeliveries that remain. With early acknowledgement, what the worker had
     prefetched comes back only after the visibility timeout.
     Leave ``worker_cancel_long_running_tasks_on_connection_loss`` off on these
-    versions: it terminated the running call after a reset or a restart, and the
-    call never ran again within the run, while without it the call finished.
+    versions when the result backend is the broker's Redis: it terminated the
+    running call after a reset or a restart, the backend could not take the RETRY
+    state, and the call was acknowledged and never ran again, while without the
+    setting the call finished. With a result backend that stays reachable (another
+    Redis, a database) it works as documented: the call runs again after the
+    visibility timeout (so it must be idempotent, as with any late ack).
 
 Sources
     Celery docs: "Using Redis" (visibility timeout), configuration
@@ -189,6 +207,9 @@ DOWN_5S = replace(RESTART, faults=(
 # NAT that drops its state, a network blip. The harness's own connections go direct.
 RESET = replace(RESTART, faults=(
     Fault("broker-reset", at_point("running", hold=False), heal_after_s=1.0),))
+# The same reset with the result backend elsewhere (another Redis, a database): only the
+# broker's connections are reset, the backend stays reachable.
+RESET_BROKER_ONLY = replace(RESET, result_backend_direct=True)
 
 # Observed with kombu 5.3.7 (Celery 5.4.0, redis-py 5.3.1; harness matrix with
 # UV_CONSTRAINT kombu<5.4) against kombu 5.7.0; 5.4-5.6 unobserved.
@@ -273,6 +294,11 @@ SCENARIO = Scenario(
                 description="task_acks_late with worker_cancel_long_running_tasks_on_"
                             "connection_loss, messages come back after 8 s; the worker's "
                             "Redis connections are reset."),
+        Variant("reset-cancel-backend-elsewhere", Role.FIX,
+                {**ACKS_LATE, **FAST_RESTORE, "cancel_on_connection_loss": True},
+                workload=RESET_BROKER_ONLY, expect=clean(),
+                description="the same, with the result backend elsewhere: only the "
+                            "broker's connections are reset."),
         # Late acknowledgement with a visibility timeout shorter than a call.
         Variant("visibility-shorter-than-task", Role.BAD, {**ACKS_LATE, **SHORT_VISIBILITY},
                 workload=PERSISTED,

@@ -79,6 +79,13 @@ backend with PostgreSQL 15.20; counts vary little, outcome words not at all over
       behind PgBouncer. The killed call ran twice (``runs_per_call`` [2, 1]),
       4 rows for 4 calls: no duplicate, because the first run never committed.
       The one-shot fault does not loop: the second run passes the point.
+      On asyncpg < 0.31 behind PgBouncer 1.18 the second run fails with "prepared
+      statement __asyncpg_stmt_1__ already exists" (``prepared-statement-exists``,
+      observed on 0.30.0): that asyncpg names its statements whatever the name
+      function says, and the new process meets a server connection the killed
+      one prepared on. PgBouncer 1.24.1 (tracking prepared statements by default)
+      makes the same cell CLEAN on 0.30.0: seen only in a pairwise run, where
+      both changed axes meet.
     * idempotency key with acks-late: CLEAN, the same as acks-late; the key has
       nothing to do when the kill comes before COMMIT.
     * Celery 5.7's ``task_retry_on_worker_lost`` (early ack, ``max_retries=1``):
@@ -155,6 +162,7 @@ from harness.scenario import (
     reproduces,
 )
 from harness.signatures import Signature
+from scenarios.pgbouncer_rules import before_tracking_default
 from scenarios.redelivery_rules import DUPLICATE_WRITE, REDELIVERY_LOOP, WRITES_TABLE
 
 # 4 calls on 2 processes; every fault lands on the first call to reach its point
@@ -185,7 +193,10 @@ NO_CAUSE_BEFORE_031 = ("asyncpg < 0.31 reports the ended session as 'connection 
                        "IdleInTransactionSessionTimeoutError as its cause (observed on 0.30.0)")
 # The redelivered call's new process meets a server connection the killed one left
 # with __asyncpg_stmt_1__ prepared: asyncpg < 0.31 names it whatever the name function
-# says (observed on 0.30.0; see pgbouncer-prepared-asyncpg).
+# says (observed on 0.30.0 behind PgBouncer 1.18; see pgbouncer-prepared-asyncpg).
+# PgBouncer >= 1.24 tracks prepared statements per client and renames them on the
+# server, so nothing collides: CLEAN on asyncpg 0.30.0 behind PgBouncer 1.24.1 (pairwise
+# run of the default axes, 2026-11-30, docs/matrix/runs/pairwise-default-axes.json).
 NAMED_BEFORE_031 = ("asyncpg < 0.31 names its statements __asyncpg_stmt_N__ whatever the "
                     "name function says; behind PgBouncer the redelivered call meets one "
                     "(observed on 0.30.0)")
@@ -298,8 +309,10 @@ SCENARIO = Scenario(
         Variant("acks-late-pgbouncer", Role.FIX, {**NULLPOOL, **ACKS_LATE, **PGBOUNCER_ASYNCPG},
                 stack=StackSpec(pgbouncer=True), expect={
                     "asyncpg": before_package(
-                        "asyncpg", "0.31", reproduces("prepared-statement-exists"), clean(),
-                        why=NAMED_BEFORE_031),
+                        "asyncpg", "0.31",
+                        before_tracking_default(reproduces("prepared-statement-exists",
+                                                           why=NAMED_BEFORE_031)),
+                        clean(), why=NAMED_BEFORE_031),
                     "psycopg": clean()},
                 description="acks-late, through PgBouncer in transaction mode."),
     ),
