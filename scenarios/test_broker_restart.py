@@ -78,7 +78,7 @@ same outcome words for both drivers)
       backend), and once run again with a 2-3 s restart; with each variant on an empty
       Redis database, down 5 s, abandoned in 3 of 4 cells and run again in 1 (local,
       two runs). So that configuration is not a variant: no outcome word would hold.
-      The race is the result backend's (see the reset variants below): the call runs
+      The reset variants below suggest why (not traced in these runs): the call runs
       again only when Celery could store its RETRY state at the moment of the loss.
 
     Redis keeps running with its data and only the worker's connections to it are
@@ -101,7 +101,8 @@ same outcome words for both drivers)
       restore, and "Failed to cancel active request" (the RETRY state could not be
       stored: the result backend's connection was reset too). At the end nothing is
       left in Redis (``broker``: 0 queued, 0 unacknowledged): the worker acknowledged
-      the message. Celery 5.7.0's code says why (``celery/worker/request.py``):
+      the message. Celery 5.7.0's code explains it (``celery/worker/request.py``,
+      read, not traced in the run; the "Failed to cancel" line is the one step logged):
       ``Request.cancel`` terminates the process, then ``_announce_cancelled`` stores
       the RETRY state; that raised, so ``_already_cancelled`` was never set, and when
       the terminated job ended, ``on_failure`` took it for a revoked task
